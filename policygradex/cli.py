@@ -1,0 +1,159 @@
+"""Command line: a thin typer app over the library. Config options are generated from config.py.
+
+Every setting of ``Config`` becomes an option ``--SECTION-FIELD`` (``--meta-steps-per-task``,
+``--estimate-proj-dim``; top-level ones plain: ``--seed``), with the field's docstring as help. Errors a
+user can fix print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from policygradex.config import Config, field_docs
+from policygradex.errors import PGXError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Which RL tasks to train together: PolicyGradEx task grouping from projected gradients.")
+
+
+@dataclasses.dataclass
+class Option:
+    param: str  # python parameter name
+    section: str | None  # None for top-level fields of Config
+    field: str
+    flag: str
+    kind: type  # the type typer parses (tuples travel as comma-separated strings)
+    tuple_of: type | None
+    default: Any  # as --help shows it
+    help: str
+
+
+def config_options() -> list[Option]:
+    options = []
+    for top in dataclasses.fields(Config):
+        default = getattr(Config(), top.name)
+        if dataclasses.is_dataclass(default):
+            cls, section = type(default), top.name
+            fields = [(f, getattr(default, f.name)) for f in dataclasses.fields(cls)]
+        else:
+            cls, section, fields = Config, None, [(top, default)]
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        for f, value in fields:
+            flag = f.metadata.get("flag") or (f"{section}-{f.name}" if section else f.name)
+            kind, tuple_of = _parse_type(hints[f.name])
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            options.append(Option(flag.replace("-", "_"), section, f.name, "--" + flag.replace("_", "-"), kind,
+                                  tuple_of, shown, docs.get(f.name, "")))
+    return options
+
+
+def _parse_type(hint: Any) -> tuple[type, type | None]:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return str, args[0]
+    if args and typing.get_origin(hint) is not None:  # X | None
+        return args[0], None
+    return hint, None
+
+
+def build_config(values: dict[str, Any], quick: bool) -> Config:
+    """Defaults (or the quick preset), then every option the user gave."""
+    cfg = Config.quick() if quick else Config()
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for opt in config_options():
+        value = values.get(opt.param)
+        if value is None:
+            continue
+        if opt.tuple_of is not None:
+            try:
+                value = tuple(opt.tuple_of(v) for v in str(value).split(",") if v.strip())
+            except ValueError:
+                raise PGXError(f"{opt.flag} takes comma-separated values, for example 64,64; got {value!r}") from None
+        if opt.section is None:
+            top[opt.field] = value
+        else:
+            sections.setdefault(opt.section, {})[opt.field] = value
+    for section, changes in sections.items():
+        top[section] = dataclasses.replace(getattr(cfg, section), **changes)
+    return dataclasses.replace(cfg, **top)
+
+
+def with_config_options(fn):
+    """Give ``fn`` one keyword option per config field, on top of its own parameters."""
+    own = list(inspect.signature(fn).parameters.values())
+    own = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [
+        inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[o.kind],  # noqa: UP045
+                          default=typer.Option(None, o.flag if o.kind is not bool else f"{o.flag}/--no-{o.flag[2:]}",
+                                               help=o.help, show_default=str(o.default),
+                                               rich_help_panel=(o.section or "run").capitalize()))
+        for o in config_options()
+    ]
+    fn.__signature__ = inspect.Signature(own + extra)
+    return fn
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+@app.command("run")
+@with_config_options
+def run_cmd(
+    out: Path = typer.Option(..., "--out", help="Run folder; an existing one with the same settings resumes."),
+    family: str = typer.Option("cartpole", "--family", help="Task family (see `policygradex tasks`)."),
+    n_tasks: int = typer.Option(10, "--n-tasks", help="Number of tasks in the family."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny budgets for a smoke run (seconds)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    **values: Any,
+) -> None:
+    """Run the whole pipeline: meta-train, estimate affinity, group, train groups and baselines, report."""
+    from policygradex.experiments.pipeline import Pipeline
+    from policygradex.tasks import make_family
+
+    try:
+        cfg = build_config(values, quick)
+        fam = make_family(family, n_tasks=n_tasks, seed=cfg.seed)
+        result = Pipeline(fam, cfg, out, progress).run()
+    except PGXError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; run the same command again to resume")
+        raise typer.Exit(130) from None
+    console = Console()
+    for name, res in result.metrics["groupings"].items():
+        console.print(f"{name:>14}: k={res['k']:<2} mean return {res['mean']:.1f}")
+
+
+@app.command("tasks")
+def tasks_cmd() -> None:
+    """List the built-in task families and what varies across their tasks."""
+    from policygradex.tasks import FAMILIES
+
+    table = Table("family", "tasks", "what varies")
+    for name, info in FAMILIES.items():
+        table.add_row(name, info.summary, info.varies)
+    Console().print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except PGXError as exc:  # raised outside a command's own handler (option parsing helpers)
+        Console(stderr=True).print(f"error: {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Artifact I/O: every file is written under a temporary name in the same folder, then renamed.
+
+A crash or Ctrl-C never leaves a half-written artifact; readers see the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def jsonable(obj: Any) -> Any:
+    """JSON-safe: numpy scalars and arrays to Python, NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(jsonable(data), indent=2) + "\n"))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_npy(path: str | Path, array: np.ndarray) -> None:
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.save(f, array)
+
+    atomic_write(path, write)
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch
+
+    atomic_write(path, lambda p: torch.save(obj, p))

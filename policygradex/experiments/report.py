@@ -1,0 +1,170 @@
+"""The run report: figures under figures/, and one document rendered as report.md and report.html.
+
+The document is a list of blocks (heading, text, table, image) so that Markdown and HTML never drift.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policygradex.experiments.io import atomic_write, write_text
+
+Block = tuple[str, Any]  # ("h1" | "h2" | "p" | "table" | "img", payload)
+
+LABELS = {"policygradex": "PolicyGradEx", "single": "single (k=1)", "random": "random (same k)"}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:.1f}"
+
+
+def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
+    names = metrics["task_names"]
+    groupings = metrics["groupings"]
+    methods = list(groupings)
+    pgx = groupings["policygradex"]
+    base = groupings.get("single")
+    blocks: list[Block] = [
+        ("h1", f"policygradex run: {metrics['family']['name']} ({len(names)} tasks, seed {metrics['seed']})"),
+        ("p", metrics.get("description") or ""),
+        ("h2", f"Groups (method {metrics['grouping']['method']}, k = {metrics['grouping']['k']})"),
+        ("table", (["group", "tasks"], [[str(i + 1), ", ".join(g)] for i, g in enumerate(pgx["groups"])])),
+        ("h2", "Results"),
+        ("p", f"Mean evaluation return per task after {metrics['budget_steps_per_task']['train']:,} environment "
+              "steps per task for every grouping (one policy per group)."),
+    ]
+    rows = []
+    for m in methods:
+        gain = "" if base is None or m == "single" else f"{100 * (groupings[m]['mean'] / base['mean'] - 1):+.1f}%"
+        rows.append([LABELS.get(m, m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), gain])
+    blocks.append(("table", (["grouping", "k", "mean return", "vs single"], rows)))
+    per_task = [[n] + [_fmt(groupings[m]["per_task"].get(n)) for m in methods] for n in names]
+    blocks.append(("table", (["task"] + [LABELS.get(m, m) for m in methods], per_task)))
+    blocks += [("img", f) for f in figures]
+    est = metrics["estimate"]
+    blocks += [
+        ("h2", "Estimator"),
+        ("p", f"{est['m']} random subsets, projected gradient dimension d = {est['d']}, solver {est['solver']}, "
+              f"{est['transitions_per_task']} transitions per task at theta* "
+              f"(meta-trained for {metrics['budget_steps_per_task']['meta']:,} steps per task)."),
+        ("h2", "Stage wall times"),
+        ("table", (["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in metrics["stage_seconds"].items()])),
+    ]
+    return blocks
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for kind, payload in blocks:
+        if kind == "h1":
+            out.append(f"# {payload}")
+        elif kind == "h2":
+            out.append(f"## {payload}")
+        elif kind == "p" and payload:
+            out.append(payload)
+        elif kind == "table":
+            header, rows = payload
+            out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                                 + ["| " + " | ".join(r) + " |" for r in rows]))
+        elif kind == "img":
+            out.append(f"![{Path(payload).stem}]({payload})")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[Block]) -> str:
+    body = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(payload)}</{kind}>")
+        elif kind == "p" and payload:
+            body.append(f"<p>{html.escape(payload)}</p>")
+        elif kind == "table":
+            header, rows = payload
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+            trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+        elif kind == "img":
+            body.append(f'<img src="{html.escape(payload)}" alt="{html.escape(Path(payload).stem)}">')
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>policygradex report</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_affinity(path: Path, affinity: np.ndarray, names: list[str], groups: list[list[str]]) -> None:
+    import matplotlib.pyplot as plt
+
+    order = [names.index(t) for g in groups for t in g]
+    A = affinity[np.ix_(order, order)]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(names), 0.6 + 0.45 * len(names)))
+    lim = float(np.abs(A).max()) or 1.0
+    im = ax.imshow(A, cmap="RdBu", vmin=-lim, vmax=lim)
+    labels = [names[i] for i in order]
+    ax.set_xticks(range(len(order)), labels, rotation=90)
+    ax.set_yticks(range(len(order)), labels)
+    edge = -0.5
+    for g in groups[:-1]:
+        edge += len(g)
+        ax.axhline(edge, color="k", lw=1.5)
+        ax.axvline(edge, color="k", lw=1.5)
+    ax.set_title("Task affinity (ordered by PolicyGradEx group)")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="U_ij")
+    _save(fig, path)
+
+
+def plot_returns(path: Path, metrics: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    names, groupings = metrics["task_names"], metrics["groupings"]
+    labels = names + ["mean"]
+    width = 0.8 / len(groupings)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(labels)), 3.6))
+    for j, (m, res) in enumerate(groupings.items()):
+        vals = [res["per_task"].get(n) or 0.0 for n in names] + [res["mean"]]
+        ax.bar(np.arange(len(labels)) + (j - (len(groupings) - 1) / 2) * width, vals, width,
+               label=f"{LABELS.get(m, m)}: {res['mean']:.1f}")
+    ax.set_xticks(range(len(labels)), labels, rotation=60)
+    ax.set_ylabel("evaluation return")
+    ax.set_title("Per-task return by grouping (equal steps per task)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_curves(path: Path, metrics: dict[str, Any]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for m, res in metrics["groupings"].items():
+        curve = np.array([[x, np.nan if y is None else y] for x, y in res["curve"]], dtype=float)
+        if len(curve):
+            ax.plot(curve[:, 0], curve[:, 1], label=LABELS.get(m, m))
+    ax.set_xlabel("environment steps per task")
+    ax.set_ylabel("training episode return (task mean)")
+    ax.set_title("Learning curves")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def write_report(out: Path, metrics: dict[str, Any], affinity: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figures = ["figures/affinity.png", "figures/returns.png", "figures/curves.png"]
+    plot_affinity(out / figures[0], affinity, metrics["task_names"], metrics["groupings"]["policygradex"]["groups"])
+    plot_returns(out / figures[1], metrics)
+    plot_curves(out / figures[2], metrics)
+    blocks = build_blocks(metrics, figures)
+    write_text(out / "report.md", to_markdown(blocks))
+    write_text(out / "report.html", to_html(blocks))

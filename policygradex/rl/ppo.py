@@ -1,0 +1,95 @@
+"""Multi-task PPO (Schulman et al. 2017): one task-conditioned policy trained on a set of tasks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from policygradex.config import PPOConfig
+from policygradex.rl.policy import ActorCritic
+from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae
+from policygradex.tasks.family import EnvFactory
+
+Progress = Callable[[int], None]
+"""Called with the number of environment steps just taken."""
+
+
+@dataclass
+class TrainResult:
+    policy: ActorCritic
+    curve: list[tuple[int, list[float]]]
+    """(env steps per task so far, mean return of the episodes each task finished in that rollout; NaN if none)."""
+
+
+def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
+               cfg: PPOConfig, generator: torch.Generator) -> dict[str, float]:
+    """Clipped-surrogate PPO update on one rollout (CleanRL's ``ppo.py``, multi-task inputs)."""
+    advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, rollout.last_value,
+                                      cfg.gamma, cfg.gae_lambda)
+    steps, n_envs = rollout.rewards.shape
+    b_obs = rollout.obs.reshape(steps * n_envs, -1)
+    b_task = rollout.task.repeat(steps)
+    b_actions = rollout.actions.reshape(steps * n_envs, *rollout.actions.shape[2:])
+    b_logprobs, b_adv = rollout.logprobs.reshape(-1), advantages.reshape(-1)
+    b_returns, b_values = returns.reshape(-1), rollout.values.reshape(-1)
+    batch = steps * n_envs
+    mb_size = max(1, batch // cfg.num_minibatches)
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(batch, generator=generator)
+        for start in range(0, batch, mb_size):
+            mb = order[start:start + mb_size]
+            dist = policy.policy(b_obs[mb], b_task[mb])
+            logratio = policy.log_prob(dist, b_actions[mb]) - b_logprobs[mb]
+            ratio = logratio.exp()
+            adv = (b_adv[mb] - b_adv[mb].mean()) / (b_adv[mb].std(unbiased=False) + 1e-8)
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            v_loss = 0.5 * (policy.value(b_obs[mb], b_task[mb]) - b_returns[mb]).pow(2).mean()
+            entropy = dist.entropy()
+            entropy = (entropy.sum(-1) if policy.continuous else entropy).mean()
+            loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+    explained = 1 - (b_returns - b_values).var() / (b_returns.var() + 1e-8)
+    return {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item(),
+            "approx_kl": ((ratio - 1) - logratio).mean().item(), "explained_var": explained.item()}
+
+
+def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
+              cfg: PPOConfig, seed: int, progress: Progress | None = None) -> TrainResult:
+    """Train one task-conditioned policy on the tasks behind ``factories`` (task j = factories[j])."""
+    n_tasks = len(factories)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    policy = ActorCritic(observation_space.shape[0], action_space, n_tasks, cfg.hidden_sizes, cfg.task_conditioned)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    env_task = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
+    runner = TaskRunner([factories[j] for j in env_task], env_task, seed=seed, gamma=cfg.gamma)
+    steps_per_iter = cfg.num_steps * cfg.envs_per_task  # per task
+    iterations = math.ceil(cfg.steps_per_task / steps_per_iter)
+    curve: list[tuple[int, list[float]]] = []
+    for it in range(iterations):
+        optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - it / iterations)
+        rollout = runner.collect(policy, cfg.num_steps)
+        ppo_update(policy, optimizer, rollout, cfg, generator)
+        curve.append(((it + 1) * steps_per_iter, _mean_return_per_task(rollout, n_tasks)))
+        if progress is not None:
+            progress(steps_per_iter * n_tasks)
+    runner.close()
+    return TrainResult(policy, curve)
+
+
+def _mean_return_per_task(rollout: Rollout, n_tasks: int) -> list[float]:
+    sums, counts = np.zeros(n_tasks), np.zeros(n_tasks)
+    for task, ret in rollout.episode_returns:
+        sums[task] += ret
+        counts[task] += 1
+    with np.errstate(invalid="ignore"):
+        return (sums / counts).tolist()

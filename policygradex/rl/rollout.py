@@ -1,0 +1,88 @@
+"""Rollouts over many tasks at once, and GAE. Storage is shaped ``(steps, envs, ...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from policygradex.rl.policy import ActorCritic
+from policygradex.tasks.family import EnvFactory
+
+
+@dataclass
+class Rollout:
+    obs: torch.Tensor  # (steps, envs, obs_dim)
+    actions: torch.Tensor  # (steps, envs) or (steps, envs, act_dim)
+    logprobs: torch.Tensor  # (steps, envs)
+    rewards: torch.Tensor  # (steps, envs); V(final obs) already added on truncation
+    dones: torch.Tensor  # (steps, envs); 1 where an episode ended at this step
+    values: torch.Tensor  # (steps, envs)
+    last_value: torch.Tensor  # (envs,) V of the observation after the last step
+    task: torch.Tensor  # (envs,) task index of each env
+    episode_returns: list[tuple[int, float]] = field(default_factory=list)  # (task, return) of finished episodes
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+                gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16).
+
+    A_t = sum_l (gamma*lambda)^l delta_{t+l}, with delta_t = r_t + gamma*V(s_{t+1})*(1-done_t) - V(s_t);
+    the sum stops where an episode ends. Truncated episodes are bootstrapped by the caller, which adds
+    gamma*V(final obs) to the last reward. Returns (advantages, returns = advantages + values).
+    """
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_value)
+    for t in reversed(range(rewards.shape[0])):
+        next_value = last_value if t == rewards.shape[0] - 1 else values[t + 1]
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        running = delta + gamma * gae_lambda * not_done * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+class TaskRunner:
+    """A vectorised env whose env ``e`` runs task ``task[e]``; keeps its state between rollouts."""
+
+    def __init__(self, factories: Sequence[EnvFactory], task: Sequence[int], seed: int, gamma: float) -> None:
+        self.envs = gym.vector.SyncVectorEnv(list(factories), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.task = torch.as_tensor(np.asarray(task), dtype=torch.long)
+        self.gamma = gamma
+        obs, _ = self.envs.reset(seed=seed)
+        self.obs = torch.as_tensor(obs, dtype=torch.float32)
+        self.running_return = np.zeros(len(factories))
+
+    @torch.no_grad()
+    def collect(self, policy: ActorCritic, num_steps: int) -> Rollout:
+        n_envs = len(self.task)
+        obs = torch.zeros((num_steps, n_envs, *self.obs.shape[1:]))
+        actions, logprobs, rewards, dones, values = [], [], torch.zeros(num_steps, n_envs), [], []
+        finished: list[tuple[int, float]] = []
+        for t in range(num_steps):
+            obs[t] = self.obs
+            dist = policy.policy(self.obs, self.task)
+            action = dist.sample()
+            actions.append(action)
+            logprobs.append(policy.log_prob(dist, action))
+            values.append(policy.value(self.obs, self.task))
+            next_obs, reward, terminated, truncated, info = self.envs.step(policy.env_action(action))
+            rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
+            self.running_return += reward
+            for e in np.flatnonzero(truncated & ~terminated):  # bootstrap cut-off episodes
+                final = torch.as_tensor(info["final_obs"][e], dtype=torch.float32)[None]
+                rewards[t, e] += self.gamma * policy.value(final, self.task[e:e + 1])[0]
+            done = terminated | truncated
+            for e in np.flatnonzero(done):
+                finished.append((int(self.task[e]), float(self.running_return[e])))
+                self.running_return[e] = 0.0
+            dones.append(torch.as_tensor(done, dtype=torch.float32))
+            self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
+        return Rollout(obs, torch.stack(actions), torch.stack(logprobs), rewards, torch.stack(dones),
+                       torch.stack(values), policy.value(self.obs, self.task), self.task, finished)
+
+    def close(self) -> None:
+        self.envs.close()

@@ -1,0 +1,97 @@
+"""TaskFamily: n gymnasium tasks that share one observation space and one action space."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+from policygradex.errors import PGXError
+
+EnvFactory = Callable[[], gym.Env]
+
+
+@dataclass
+class Task:
+    """One task: a name, a factory for its environment and the parameters that define it."""
+
+    name: str
+    make: EnvFactory
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskFamily:
+    """Training tasks (grouped by the pipeline) and held-out test tasks (for meta-RL evaluation).
+
+    All tasks must share one observation space and one action space; this is checked once, when the
+    family is built, by making one env of each task.
+    """
+
+    name: str
+    tasks: list[Task]
+    test_tasks: list[Task] = field(default_factory=list)
+    true_groups: list[list[int]] | None = None
+    """The planted grouping where the family knows it (synthetic families), else None."""
+    spec: dict[str, Any] = field(default_factory=dict)
+    """What rebuilds the family (name, n_tasks, seed, ...); part of a run folder's identity."""
+    description: str = ""
+    observation_space: gym.Space = field(init=False)
+    action_space: gym.Space = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.tasks) < 2:
+            raise PGXError(f"family {self.name!r} needs at least 2 tasks, got {len(self.tasks)}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise PGXError(f"family {self.name!r}: task names must be unique, got {names}")
+        self.observation_space, self.action_space = self._check_spaces()
+        self.spec = {"name": self.name, "task_names": names, **self.spec}
+
+    def _check_spaces(self) -> tuple[gym.Space, gym.Space]:
+        ref_obs = ref_act = None
+        for task in self.tasks + self.test_tasks:
+            env = task.make()
+            obs_space, act_space = env.observation_space, env.action_space
+            env.close()
+            if ref_obs is None:
+                ref_obs, ref_act, ref_name = obs_space, act_space, task.name
+            elif obs_space != ref_obs or act_space != ref_act:
+                raise PGXError(
+                    f"task {task.name!r} has observation space {obs_space} and action space {act_space}, "
+                    f"but task {ref_name!r} has {ref_obs} and {ref_act}; all tasks of a family must share both"
+                )
+        if not isinstance(ref_act, gym.spaces.Discrete | gym.spaces.Box):
+            raise PGXError(f"action space {ref_act} is not supported; use Discrete or Box")
+        if not isinstance(ref_obs, gym.spaces.Box) or len(ref_obs.shape) != 1:
+            raise PGXError(f"observation space {ref_obs} is not supported; use a flat Box")
+        return ref_obs, ref_act
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def factories(self, task_ids: Sequence[int]) -> list[EnvFactory]:
+        return [self.tasks[i].make for i in task_ids]
+
+    @classmethod
+    def from_envs(
+        cls,
+        name: str,
+        factories: Sequence[EnvFactory],
+        task_names: Sequence[str] | None = None,
+        test_factories: Sequence[EnvFactory] | None = None,
+    ) -> TaskFamily:
+        """A family from the user's own gymnasium env factories (zero-argument callables)."""
+        names = list(task_names) if task_names is not None else [f"task{i}" for i in range(len(factories))]
+        if len(names) != len(factories):
+            raise PGXError(f"got {len(factories)} factories but {len(names)} task names")
+        tasks = [Task(n, f) for n, f in zip(names, factories, strict=True)]
+        tests = [Task(f"test{i}", f) for i, f in enumerate(test_factories or [])]
+        return cls(name=name, tasks=tasks, test_tasks=tests)
