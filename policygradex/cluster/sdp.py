@@ -14,10 +14,12 @@ an exact partition) with k-means, which always returns a partition of all tasks.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.exceptions import ConvergenceWarning
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,12 @@ def round_solution(X: np.ndarray, k: int | None, seed: int = 0) -> list[list[int
     """A partition of all n tasks from a relaxed X; k defaults to round(tr X)."""
     n = len(X)
     k = int(np.clip(round(float(np.trace(X))), 1, n)) if k is None else min(k, n)
-    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X) if 1 < k < n else (
-        np.zeros(n, dtype=int) if k == 1 else np.arange(n))
+    if k == 1 or k == n:
+        labels = np.zeros(n, dtype=int) if k == 1 else np.arange(n)
+    else:
+        with warnings.catch_warnings():  # fewer distinct rows than k: _split_to_k below handles it
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X)
     return _split_to_k(_labels_to_groups(labels), k)
 
 

@@ -74,9 +74,10 @@ def newton_from_stats(stats: TaskStats, subsets: np.ndarray, ridge: float, chunk
 
 def logistic_loss(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """Mean weighted logistic loss for one beta (d,) or many (m, d) -> scalar or (m,)."""
-    margins = (z @ beta.T) * (y if beta.dim() == 1 else y[:, None])
-    losses = torch.nn.functional.softplus(-margins) * (w if beta.dim() == 1 else w[:, None])
-    return losses.mean(0)
+    betas = beta[None] if beta.dim() == 1 else beta
+    losses = torch.nn.functional.softplus(-(z @ betas.T) * y[:, None]) * w[:, None]
+    out = losses.mean(0)
+    return out[0] if beta.dim() == 1 else out
 
 
 def solve_exact(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float, max_iter: int = 100,

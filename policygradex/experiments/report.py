@@ -138,7 +138,7 @@ def plot_returns(path: Path, metrics: dict[str, Any]) -> None:
     ax.set_xticks(range(len(labels)), labels, rotation=60)
     ax.set_ylabel("evaluation return")
     ax.set_title("Per-task return by grouping (equal steps per task)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save(fig, path)
 
 

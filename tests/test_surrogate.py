@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from policygradex.estimate.affinity import affinity_from_scores
+from policygradex.estimate.features import GradientFeatures
+from policygradex.estimate.subsets import sample_subsets
+from policygradex.estimate.surrogate import (
+    TaskStats,
+    logistic_loss,
+    newton_from_stats,
+    ridge_strength,
+    solve_exact,
+    solve_subsets,
+    subset_scores,
+)
+
+
+def synthetic_features(n_tasks=4, rows=300, d=6, seed=0) -> GradientFeatures:
+    """Tasks 0-1 share one true direction, tasks 2-3 the opposite one."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=d)
+    z, y, w, task = [], [], [], []
+    for i in range(n_tasks):
+        zi = rng.normal(size=(rows, d))
+        sign = 1.0 if i < n_tasks // 2 else -1.0
+        p = 1 / (1 + np.exp(-sign * zi @ direction))
+        z.append(zi)
+        y.append(np.where(rng.random(rows) < p, 1.0, -1.0))
+        w.append(rng.exponential(size=rows))
+        task.append(np.full(rows, i))
+    holdout = np.tile(np.arange(rows) >= int(rows * 0.75), n_tasks)
+    return GradientFeatures(np.concatenate(z).astype(np.float32), np.concatenate(y).astype(np.float32),
+                            np.concatenate(w).astype(np.float32), np.concatenate(task), holdout)
+
+
+def test_exact_solver_matches_scikit_learn_weighted_logistic_regression():
+    f = synthetic_features()
+    z, y, w = (torch.as_tensor(a, dtype=torch.float64) for a in (f.z, f.y, f.w))
+    lam = 0.05
+    beta = solve_exact(z, y, w, lam)
+    # sklearn minimises C * sum w log(1+exp(-y z b)) + ||b||^2 / 2; ours is that divided by C * N.
+    ref = LogisticRegression(C=1 / (lam * len(z)), fit_intercept=False, tol=1e-12, max_iter=10_000)
+    ref.fit(f.z.astype(np.float64), f.y, sample_weight=f.w)
+    assert np.allclose(beta.numpy(), ref.coef_[0], rtol=1e-4, atol=1e-6)
+
+
+def test_newton_from_stats_is_one_newton_step_of_the_exact_solver():
+    f = synthetic_features()
+    subsets = np.array([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=bool)
+    fast = newton_from_stats(TaskStats.from_features(f), subsets, ridge=0.1)
+    stats = TaskStats.from_features(f)
+    fit = ~f.holdout
+    for s, beta in zip(subsets, fast, strict=True):
+        rows = fit & np.isin(f.task, np.flatnonzero(s))
+        z, y, w = (torch.as_tensor(a[rows], dtype=torch.float64) for a in (f.z, f.y, f.w))
+        lam = float(ridge_strength(stats.H[torch.as_tensor(s)].sum(0), torch.tensor(float(rows.sum())), 0.1))
+        assert torch.allclose(beta, solve_exact(z, y, w, lam, max_iter=1), rtol=1e-8, atol=1e-10)
+
+
+def test_solvers_agree_and_scores_see_the_planted_conflict():
+    f = synthetic_features()
+    subsets = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0], [0, 1, 0, 1]], dtype=bool)
+    exact = solve_subsets(f, subsets, "exact", 0.1)
+    fast = solve_subsets(f, subsets, "newton-stats", 0.1)
+    cos = torch.nn.functional.cosine_similarity(exact, fast, dim=1)
+    assert (cos > 0.95).all()
+    scores = subset_scores(f, subsets, fast)
+    assert np.isnan(scores[0, 2]) and np.isnan(scores[1, 0])
+    # Agreeing partners help (positive gain); conflicting partners cancel out and help less.
+    assert scores[0, 0] > 0 and scores[1, 2] > 0
+    assert scores[0, 0] > scores[2, 0] and scores[1, 3] > scores[3, 3]
+
+
+def test_logistic_loss_batches_over_betas():
+    f = synthetic_features()
+    z, y, w = (torch.as_tensor(a, dtype=torch.float64) for a in (f.z, f.y, f.w))
+    betas = torch.randn(3, z.shape[1], dtype=torch.float64)
+    batched = logistic_loss(z, y, w, betas)
+    assert torch.allclose(batched, torch.stack([logistic_loss(z, y, w, b) for b in betas]))
+    assert torch.isclose(logistic_loss(z, y, w, torch.zeros(z.shape[1], dtype=torch.float64)),
+                         w.mean() * np.log(2))
+
+
+@pytest.mark.parametrize("n,size,cover", [(10, None, 5), (7, 3, 2), (4, 2, 1)])
+def test_subsets_cover_every_pair(n, size, cover):
+    subsets = sample_subsets(n, size, cover, 10_000, np.random.default_rng(0))
+    assert (subsets.sum(1) == (size or n // 2)).all()
+    together = subsets.T.astype(int) @ subsets.astype(int)
+    assert together[~np.eye(n, dtype=bool)].min() >= cover
+
+
+def test_affinity_averages_standardised_scores_over_shared_subsets():
+    subsets = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=bool)
+    scores = np.where(subsets, np.array([[1.0, 4.0, 0], [3.0, 0, 2.0], [0, 2.0, 6.0], [2.0, 3.0, 4.0]]), np.nan)
+    U = affinity_from_scores(subsets, scores)
+    z0 = (np.array([1.0, 3.0, 2.0]) - 2.0) / np.std([1.0, 3.0, 2.0])  # task 0 in subsets 0, 1, 3
+    z1 = (np.array([4.0, 2.0, 3.0]) - 3.0) / np.std([4.0, 2.0, 3.0])  # task 1 in subsets 0, 2, 3
+    u01 = np.mean([z0[0], z0[2]])  # subsets 0 and 3 hold tasks 0 and 1
+    u10 = np.mean([z1[0], z1[2]])
+    assert np.isclose(U[0, 1], (u01 + u10) / 2)
+    assert np.allclose(U, U.T) and np.allclose(np.diag(U), 0)
