@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/policygradex run --family cartpole --out runs/demo
 
 lint: setup
-	$(BIN)/ruff check policygradex tests benchmarks
+	$(BIN)/ruff check .
 
 test: setup lint
 	$(BIN)/python -m pytest -q
