@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from policygradex.config import Config, field_docs
+from policygradex.config import Config, field_docs, with_overrides
 from policygradex.errors import PGXError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -65,11 +65,9 @@ def _parse_type(hint: Any) -> tuple[type, type | None]:
     return hint, None
 
 
-def build_config(values: dict[str, Any], quick: bool) -> Config:
-    """Defaults (or the quick preset), then every option the user gave."""
-    cfg = Config.quick() if quick else Config()
-    top: dict[str, Any] = {}
-    sections: dict[str, dict[str, Any]] = {}
+def build_config(values: dict[str, Any], family: str, quick: bool) -> Config:
+    """The family's budgets (quick or full), then every option the user gave."""
+    overrides: dict[str, Any] = {}
     for opt in config_options():
         value = values.get(opt.param)
         if value is None:
@@ -80,12 +78,10 @@ def build_config(values: dict[str, Any], quick: bool) -> Config:
             except ValueError:
                 raise PGXError(f"{opt.flag} takes comma-separated values, for example 64,64; got {value!r}") from None
         if opt.section is None:
-            top[opt.field] = value
+            overrides[opt.field] = value
         else:
-            sections.setdefault(opt.section, {})[opt.field] = value
-    for section, changes in sections.items():
-        top[section] = dataclasses.replace(getattr(cfg, section), **changes)
-    return dataclasses.replace(cfg, **top)
+            overrides.setdefault(opt.section, {})[opt.field] = value
+    return with_overrides(Config.for_family(family, quick), overrides)
 
 
 def with_config_options(fn):
@@ -113,7 +109,7 @@ def _fail(message: str) -> typer.Exit:
 def run_cmd(
     out: Path = typer.Option(..., "--out", help="Run folder; an existing one with the same settings resumes."),
     family: str = typer.Option("cartpole", "--family", help="Task family (see `policygradex tasks`)."),
-    n_tasks: int = typer.Option(10, "--n-tasks", help="Number of tasks in the family."),
+    n_tasks: Optional[int] = typer.Option(None, "--n-tasks", help="Number of tasks; default: the family's own."),  # noqa: UP045
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets for a smoke run (seconds)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     **values: Any,
@@ -123,7 +119,7 @@ def run_cmd(
     from policygradex.tasks import make_family
 
     try:
-        cfg = build_config(values, quick)
+        cfg = build_config(values, family, quick)
         fam = make_family(family, n_tasks=n_tasks, seed=cfg.seed)
         result = Pipeline(fam, cfg, out, progress).run()
     except PGXError as exc:
@@ -133,7 +129,10 @@ def run_cmd(
         raise typer.Exit(130) from None
     console = Console()
     for name, res in result.metrics["groupings"].items():
-        console.print(f"{name:>14}: k={res['k']:<2} mean return {res['mean']:.1f}")
+        success = f"  success {100 * res['success_rate']:.1f}%" if "success_rate" in res else ""
+        console.print(f"{name:>14}: k={res['k']:<2} mean return {res['mean']:.1f}{success}")
+    if (score := result.metrics["grouping"]["nmi_true"]) is not None:
+        console.print(f"NMI against the family's true grouping: {score:.3f}")
 
 
 @app.command("tasks")

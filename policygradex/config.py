@@ -162,6 +162,14 @@ class Config:
         )
         return dataclasses.replace(cfg, **overrides)
 
+    @classmethod
+    def for_family(cls, family: str, quick: bool = False) -> Config:
+        """Defaults (or the quick preset) with the budgets that suit a built-in family."""
+        from policygradex.tasks import family_info
+
+        info = family_info(family)
+        return with_overrides(cls.quick() if quick else cls(), info.quick if quick else info.defaults)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -173,6 +181,17 @@ class Config:
                 section_cls = type(f.default_factory())  # type: ignore[misc]
                 kwargs[f.name] = _from_plain(section_cls, kwargs[f.name])
         return cls(**kwargs)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with {section: {field: value}} and {top_level_field: value} applied (and validated)."""
+    changes = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            changes[key] = dataclasses.replace(getattr(cfg, key), **value)
+        else:
+            changes[key] = value
+    return dataclasses.replace(cfg, **changes)
 
 
 def _from_plain(section_cls: type, data: dict[str, Any]) -> Any:

@@ -86,9 +86,9 @@ class GroupJob:
 def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
     start = time.perf_counter()
     result = train_ppo(job.factories, job.family.observation_space, job.family.action_space, job.ppo, job.seed)
-    returns = evaluate(result.policy, job.factories, job.eval_episodes, seed=job.seed + 1,
-                       deterministic=job.deterministic)
-    return {"returns": returns.tolist(), "curve": result.curve, "seconds": time.perf_counter() - start}
+    ev = evaluate(result.policy, job.factories, job.eval_episodes, seed=job.seed + 1, deterministic=job.deterministic)
+    return {"returns": ev.returns.tolist(), "success": None if ev.success is None else ev.success.tolist(),
+            "curve": result.curve, "seconds": time.perf_counter() - start}
 
 
 class Pipeline:
@@ -244,7 +244,9 @@ class Pipeline:
             "seed": self.cfg.seed,
             "estimate": {"m": int(len(est.subsets)), "d": est.feature_dim, "solver": self.cfg.estimate.solver,
                          "transitions_per_task": self.cfg.estimate.transitions_per_task},
-            "grouping": {"k": grouping.k, "method": grouping.method},
+            "grouping": {"k": grouping.k, "method": grouping.method,
+                         "nmi_true": None if self.family.true_groups is None
+                         else nmi(self.family.true_groups, grouping.groups, self.family.n_tasks)},
             "budget_steps_per_task": {"meta": self.cfg.meta.steps_per_task, "train": self.cfg.train.steps_per_task},
             "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "run_seconds_this_call": round(time.perf_counter() - total_start, 2),
@@ -261,22 +263,39 @@ class Pipeline:
         return RunResult(self.folder.path if self.folder else None, est.affinity, grouping, metrics)
 
 
+def nmi(groups_a: list[list[int]], groups_b: list[list[int]], n: int) -> float:
+    """Normalised mutual information between two partitions of n tasks."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    labels = np.zeros((2, n), dtype=int)
+    for row, groups in enumerate((groups_a, groups_b)):
+        for c, g in enumerate(groups):
+            labels[row, g] = c
+    return float(normalized_mutual_info_score(labels[0], labels[1]))
+
+
 def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]],
                      names: list[str]) -> dict[str, Any]:
     per_task: dict[str, float] = {}
+    success: dict[str, float] = {}
     curves = []
     for g in groups:
         res = results[tuple(g)]
         per_task.update({names[i]: float(r) for i, r in zip(g, res["returns"], strict=True)})
+        if res.get("success") is not None:
+            success.update({names[i]: float(r) for i, r in zip(g, res["success"], strict=True)})
         curves.append((len(g), res["curve"]))
-    returns = [per_task[n] for n in names if n in per_task]
-    return {
+    out = {
         "groups": [[names[i] for i in g] for g in groups],
         "k": len(groups),
         "per_task": {n: per_task[n] for n in names if n in per_task},
-        "mean": float(np.mean(returns)),
+        "mean": float(np.mean(list(per_task.values()))),
         "curve": _mean_curve(curves),
     }
+    if success:
+        out["per_task_success"] = {n: success[n] for n in names if n in success}
+        out["success_rate"] = float(np.mean(list(success.values())))
+    return out
 
 
 def _mean_curve(curves: list[tuple[int, list]]) -> list[list[float]]:

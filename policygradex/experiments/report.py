@@ -33,17 +33,26 @@ def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
         ("p", metrics.get("description") or ""),
         ("h2", f"Groups (method {metrics['grouping']['method']}, k = {metrics['grouping']['k']})"),
         ("table", (["group", "tasks"], [[str(i + 1), ", ".join(g)] for i, g in enumerate(pgx["groups"])])),
+        ("p", "" if metrics["grouping"].get("nmi_true") is None else
+         f"NMI against the family's true grouping: {metrics['grouping']['nmi_true']:.3f}"),
         ("h2", "Results"),
         ("p", f"Mean evaluation return per task after {metrics['budget_steps_per_task']['train']:,} environment "
               "steps per task for every grouping (one policy per group)."),
     ]
+    has_success = all("success_rate" in groupings[m] for m in methods)
     rows = []
     for m in methods:
         gain = "" if base is None or m == "single" else f"{100 * (groupings[m]['mean'] / base['mean'] - 1):+.1f}%"
-        rows.append([LABELS.get(m, m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), gain])
-    blocks.append(("table", (["grouping", "k", "mean return", "vs single"], rows)))
+        success = [f"{100 * groupings[m]['success_rate']:.1f}%"] if has_success else []
+        rows.append([LABELS.get(m, m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), gain, *success])
+    header = ["grouping", "k", "mean return", "vs single"] + (["success rate"] if has_success else [])
+    blocks.append(("table", (header, rows)))
     per_task = [[n] + [_fmt(groupings[m]["per_task"].get(n)) for m in methods] for n in names]
     blocks.append(("table", (["task"] + [LABELS.get(m, m) for m in methods], per_task)))
+    if has_success:
+        blocks.append(("p", "Success rate per task:"))
+        rows = [[n] + [f"{100 * groupings[m]['per_task_success'][n]:.0f}%" for m in methods] for n in names]
+        blocks.append(("table", (["task"] + [LABELS.get(m, m) for m in methods], rows)))
     blocks += [("img", f) for f in figures]
     est = metrics["estimate"]
     blocks += [

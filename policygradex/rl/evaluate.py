@@ -1,8 +1,10 @@
-"""Evaluation: mean episodic return per task, all episodes of all tasks stepped in one vectorised env."""
+"""Evaluation: mean episodic return (and success rate, where the env reports ``info['success']``) per task,
+all episodes of all tasks stepped in one vectorised env."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -12,21 +14,48 @@ from policygradex.rl.policy import ActorCritic
 from policygradex.tasks.family import EnvFactory
 
 
+@dataclass
+class EvalResult:
+    returns: np.ndarray
+    """(tasks,) mean episodic return."""
+    success: np.ndarray | None
+    """(tasks,) share of episodes with ``info['success']`` at any step; None if the env never reports it."""
+
+
+def _success(info: dict, n_envs: int) -> np.ndarray:
+    """Per-env success flag of this step's info (NaN where the env reported none)."""
+    out = np.full(n_envs, np.nan)
+    if "success" in info:
+        mask = info.get("_success", np.ones(n_envs, dtype=bool))
+        out[mask] = np.asarray(info["success"], dtype=float)[mask]
+    return out
+
+
 @torch.no_grad()
 def evaluate(policy: ActorCritic, factories: Sequence[EnvFactory], episodes: int, seed: int,
-             deterministic: bool = True) -> np.ndarray:
-    """Mean return of ``episodes`` episodes for each task (task j = factories[j], as the policy knows it)."""
+             deterministic: bool = True) -> EvalResult:
+    """``episodes`` episodes of each task (task j = factories[j], as the policy knows it)."""
     env_task = np.repeat(np.arange(len(factories)), episodes)
-    envs = gym.vector.SyncVectorEnv([factories[j] for j in env_task],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    n = len(env_task)
+    envs = gym.vector.SyncVectorEnv([factories[j] for j in env_task], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs, _ = envs.reset(seed=seed)
     task = torch.as_tensor(env_task)
-    returns = np.zeros(len(env_task))
-    active = np.ones(len(env_task), dtype=bool)
+    returns, success = np.zeros(n), np.full(n, np.nan)
+    active = np.ones(n, dtype=bool)
     while active.any():
         action = policy.act(torch.as_tensor(obs, dtype=torch.float32), task, deterministic)
-        obs, reward, terminated, truncated, _ = envs.step(policy.env_action(action))
+        obs, reward, terminated, truncated, info = envs.step(policy.env_action(action))
+        done = terminated | truncated
+        # On the step that ends an episode, that step's info sits in final_info (same-step autoreset).
+        step_success = _success(info, n)
+        if "final_info" in info:
+            step_success = np.where(done, _success(info["final_info"], n), step_success)
+        seen = active & ~np.isnan(step_success)
+        success[seen] = np.fmax(np.nan_to_num(success[seen], nan=0.0), step_success[seen])
         returns += reward * active
-        active &= ~(terminated | truncated)
+        active &= ~done
     envs.close()
-    return returns.reshape(len(factories), episodes).mean(axis=1)
+    per_task = returns.reshape(len(factories), episodes).mean(axis=1)
+    if np.isnan(success).all():
+        return EvalResult(per_task, None)
+    return EvalResult(per_task, np.nanmean(success.reshape(len(factories), episodes), axis=1))

@@ -1,39 +1,115 @@
-"""Task families, by name. ``make_family`` is the one entry point; ``FAMILIES`` lists what it knows."""
+"""Task families, by name. ``make_family`` is the one entry point; ``FAMILIES`` lists what it knows.
+
+Each family also says which budgets suit it (``defaults``) and which make a smoke run (``quick``): a
+highway step costs 15 ms, a planted one microseconds. ``Config.for_family`` applies them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from policygradex.errors import PGXError
-from policygradex.tasks import cartpole
+from policygradex.tasks import cartpole, highway, lunar_lander, meta_world, multi_objective, planted
 from policygradex.tasks.family import Task, TaskFamily
 
 
 @dataclass(frozen=True)
 class FamilyInfo:
-    build: Callable[..., TaskFamily]
+    build: Callable[[str, int | None, int], TaskFamily]
+    """(full name, n_tasks or None for the family's default, seed) -> TaskFamily."""
     summary: str
     varies: str
+    extra: str | None = None
+    """The pip extra the family needs, if any."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Config overrides for full runs, as {section: {field: value}}."""
+    quick: dict[str, Any] = field(default_factory=dict)
+    """Config overrides on top of ``Config.quick()`` for ``--quick``."""
 
+
+def _ranges(ranges: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in ranges.items())
+
+
+_MW_DEFAULTS = {"meta": {"steps_per_task": 100_000, "num_steps": 500},
+                "train": {"steps_per_task": 100_000, "num_steps": 500}}
+_MW_QUICK = {"meta": {"steps_per_task": 1_000, "num_steps": 500}, "train": {"steps_per_task": 500, "num_steps": 500},
+             "downstream": {"eval_episodes": 1}}
+_SLOW_QUICK = {"meta": {"steps_per_task": 128}, "train": {"steps_per_task": 64},
+               "estimate": {"transitions_per_task": 64}, "downstream": {"eval_episodes": 1}}
 
 FAMILIES: dict[str, FamilyInfo] = {
     "cartpole": FamilyInfo(
-        cartpole.make_family,
+        lambda name, n, seed: cartpole.make_family(n or 10, seed),
         "CartPole-v1 physics variants, some with reversed force direction",
-        ", ".join(f"{k} {lo}-{hi}" for k, (lo, hi) in cartpole.RANGES.items())
-        + f"; reversed force in {cartpole.REVERSED_FRACTION:.0%} of tasks",
+        _ranges(cartpole.RANGES) + f"; reversed force in {cartpole.REVERSED_FRACTION:.0%} of tasks",
+    ),
+    "lunar_lander": FamilyInfo(
+        lambda name, n, seed: lunar_lander.make_family(n or 10, seed),
+        "LunarLander-v3 (discrete) variants",
+        _ranges(lunar_lander.RANGES),
+        defaults={"meta": {"steps_per_task": 100_000}, "train": {"steps_per_task": 100_000}},
+    ),
+    "highway": FamilyInfo(
+        lambda name, n, seed: highway.make_family(n or 10, seed),
+        "highway-fast-v0 variants with their own reward weights and traffic",
+        _ranges(highway.RANGES),
+        extra="highway",
+        defaults={"meta": {"steps_per_task": 4_000, "num_steps": 64},
+                  "train": {"steps_per_task": 4_000, "num_steps": 64},
+                  "estimate": {"transitions_per_task": 512}, "downstream": {"eval_episodes": 5}},
+        quick=_SLOW_QUICK,
+    ),
+    "metaworld-mt10": FamilyInfo(
+        lambda name, n, seed: meta_world.make_family(None, n, seed),
+        "Meta-World MT10 manipulation tasks, one-hot task ids, success rate",
+        "the task itself: " + ", ".join(meta_world.MT10),
+        extra="metaworld",
+        defaults=_MW_DEFAULTS,
+        quick=_MW_QUICK,
+    ),
+    "metaworld:<envs>": FamilyInfo(
+        lambda name, n, seed: meta_world.make_family(name.split(":", 1)[1].split(","), n, seed),
+        "any comma-separated Meta-World v3 envs, e.g. metaworld:reach-v3,push-v3",
+        "the task itself",
+        extra="metaworld",
+        defaults=_MW_DEFAULTS,
+        quick=_MW_QUICK,
+    ),
+    "mo:<env id>": FamilyInfo(
+        lambda name, n, seed: multi_objective.make_family(name.split(":", 1)[1], n or 10, seed),
+        "a mo-gymnasium env, tasks = reward weightings, e.g. " + ", ".join(f"mo:{e}" for e in multi_objective.EXAMPLES),
+        "weight vector over the objectives, uniform on the simplex",
+        extra="mo",
+        quick=_SLOW_QUICK,
+    ),
+    "planted": FamilyInfo(
+        lambda name, n, seed: planted.make_family(n or 12, seed),
+        "synthetic contextual bandits with a known grouping (family.true_groups)",
+        f"hidden cluster ({planted.N_CLUSTERS} clusters) and a per-task perturbation of its best-action map",
+        quick={"meta": {"steps_per_task": 2_048}, "estimate": {"transitions_per_task": 2_048, "pair_coverage": 10}},
     ),
 }
 
 
-def make_family(name: str, n_tasks: int = 10, seed: int = 0, **kwargs) -> TaskFamily:
-    """A built-in family of ``n_tasks`` tasks, deterministic in ``seed``."""
-    if name not in FAMILIES:
-        raise PGXError(f"unknown family {name!r}; choose one of: {', '.join(FAMILIES)}")
-    if n_tasks < 2:
+def family_info(name: str) -> FamilyInfo:
+    if name in FAMILIES:
+        return FAMILIES[name]
+    for key, info in FAMILIES.items():
+        prefix = key.split("<")[0]
+        if "<" in key and name.startswith(prefix) and len(name) > len(prefix):
+            return info
+    raise PGXError(f"unknown family {name!r}; choose one of: {', '.join(FAMILIES)}")
+
+
+def make_family(name: str, n_tasks: int | None = None, seed: int = 0) -> TaskFamily:
+    """A built-in family, deterministic in ``seed``; ``n_tasks=None`` takes the family's default size."""
+    info = family_info(name)
+    if n_tasks is not None and n_tasks < 2:
         raise PGXError(f"n_tasks must be at least 2 (grouping needs several tasks), got {n_tasks}")
-    return FAMILIES[name].build(n_tasks=n_tasks, seed=seed, **kwargs)
+    return info.build(name, n_tasks, seed)
 
 
-__all__ = ["FAMILIES", "Task", "TaskFamily", "make_family"]
+__all__ = ["FAMILIES", "FamilyInfo", "Task", "TaskFamily", "family_info", "make_family"]

@@ -15,7 +15,7 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from gymnasium.wrappers import TimeLimit
 
-from policygradex.tasks.family import Task, TaskFamily
+from policygradex.tasks.family import Task, TaskFamily, draw_params
 
 RANGES: dict[str, tuple[float, float]] = {
     "length": (0.3, 1.0),  # half the pole's length (m); CartPole-v1: 0.5
@@ -49,7 +49,7 @@ def _draw(rng: np.random.Generator, count: int, prefix: str) -> list[Task]:
     reversed_ids = set(rng.choice(count, size=n_rev, replace=False).tolist())
     tasks = []
     for i in range(count):
-        params = {k: round(float(rng.uniform(lo, hi)), 3) for k, (lo, hi) in RANGES.items()}
+        params: dict = draw_params(rng, RANGES)
         params["reversed"] = i in reversed_ids
         name = f"{prefix}{i:02d}{'-rev' if params['reversed'] else ''}"
         tasks.append(Task(name, functools.partial(make_env, **params), params))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from policygradex.errors import PGXError
 
@@ -95,3 +98,32 @@ class TaskFamily:
         tasks = [Task(n, f) for n, f in zip(names, factories, strict=True)]
         tests = [Task(f"test{i}", f) for i, f in enumerate(test_factories or [])]
         return cls(name=name, tasks=tasks, test_tasks=tests)
+
+
+def draw_params(rng: np.random.Generator, ranges: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """One task's parameters, each uniform in its range (rounded so that names and reports stay short)."""
+    return {k: round(float(rng.uniform(lo, hi)), 3) for k, (lo, hi) in ranges.items()}
+
+
+def require(module: str, extra: str, family: str) -> ModuleType:
+    """Import an optional dependency, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PGXError(f"family {family!r} needs the {extra!r} extra ({exc.name} is missing): "
+                       f"pip install 'policygradex[{extra}]'") from None
+
+
+class FlatFloatObservation(gym.ObservationWrapper):
+    """Flatten the observation to float32; ``unbounded`` for envs whose observations leave their declared bounds."""
+
+    def __init__(self, env: gym.Env, unbounded: bool = False) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        low, high = np.asarray(space.low, np.float32).ravel(), np.asarray(space.high, np.float32).ravel()
+        if unbounded:
+            low, high = np.full_like(low, -np.inf), np.full_like(high, np.inf)
+        self.observation_space = gym.spaces.Box(low, high, dtype=np.float32)
+
+    def observation(self, observation):
+        return np.asarray(observation, dtype=np.float32).ravel()

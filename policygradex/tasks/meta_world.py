@@ -1,0 +1,44 @@
+"""Meta-World v3 manipulation tasks (MT10 or any list of env names). Needs the ``metaworld`` extra.
+
+Each task is one Meta-World env with a one-hot task id appended to its 39 observation numbers (Meta-World's
+own ``OneHotWrapper``); its goal is redrawn from the env's 50 variations at every reset, as in MT10. Success
+is ``info['success']``. Meta-World's observations leave their declared bounds (goal coordinates), so the
+observation space is declared unbounded and float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gymnasium as gym
+
+from policygradex.errors import PGXError
+from policygradex.tasks.family import FlatFloatObservation, Task, TaskFamily, require
+
+MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
+
+
+def make_env(env_name: str, env_id: int, n_tasks: int, seed: int) -> gym.Env:
+    metaworld = require("metaworld", "metaworld", "metaworld")
+    env = metaworld.make_mt_envs(env_name, seed=seed, use_one_hot=True, env_id=env_id, num_tasks=n_tasks)
+    return FlatFloatObservation(env, unbounded=True)
+
+
+def make_family(env_names: list[str] | None = None, n_tasks: int | None = None, seed: int = 0) -> TaskFamily:
+    """MT10 (its first ``n_tasks`` tasks when given) or the named envs (``metaworld:reach-v3,push-v3``)."""
+    metaworld = require("metaworld", "metaworld", "metaworld")
+    names = list(env_names) if env_names else MT10[: n_tasks or len(MT10)]
+    if env_names and n_tasks is not None and n_tasks != len(names):
+        raise PGXError(f"metaworld:{','.join(names)} has {len(names)} tasks, not --n-tasks {n_tasks}; drop --n-tasks")
+    if n_tasks is not None and not env_names and n_tasks > len(MT10):
+        raise PGXError(f"metaworld-mt10 has 10 tasks; --n-tasks {n_tasks} is too many")
+    known = set(metaworld.ALL_V3_ENVIRONMENTS)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PGXError(f"unknown Meta-World env(s) {unknown}; for example {', '.join(MT10[:3])}")
+    tasks = [Task(n, functools.partial(make_env, n, i, len(names), seed + i), {"env_name": n})
+             for i, n in enumerate(names)]
+    label = "metaworld-mt10" if not env_names else "metaworld:" + ",".join(names)
+    return TaskFamily(name=label, tasks=tasks, spec={"n_tasks": len(names), "seed": seed},
+                      description=f"Meta-World v3 tasks {', '.join(names)} (success rate from info['success'])")

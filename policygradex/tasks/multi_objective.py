@@ -1,0 +1,55 @@
+"""A multi-objective env (mo-gymnasium) whose tasks are scalarisations of its vector reward. Needs the ``mo``
+extra.
+
+Task i rewards w_i . r for a weight vector w_i drawn uniformly from the simplex (Dirichlet(1, ..., 1)),
+seeded. Observations are flattened to float32.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import gymnasium as gym
+import numpy as np
+
+from policygradex.errors import PGXError
+from policygradex.tasks.family import FlatFloatObservation, Task, TaskFamily, require
+
+EXAMPLES = ["mo-lunar-lander-v3", "deep-sea-treasure-v0", "mo-highway-fast-v0"]
+
+
+def make_env(env_id: str, weights: list[float]) -> gym.Env:
+    mo = require("mo_gymnasium", "mo", f"mo:{env_id}")
+    env = mo.wrappers.LinearReward(mo.make(env_id), weight=np.array(weights))
+    return FlatFloatObservation(env)
+
+
+def reward_dim(env_id: str) -> int:
+    mo = require("mo_gymnasium", "mo", f"mo:{env_id}")
+    try:
+        env = mo.make(env_id)
+    except gym.error.Error as exc:
+        raise PGXError(f"mo-gymnasium has no env {env_id!r} ({exc}); for example {', '.join(EXAMPLES)}") from None
+    dim = int(np.prod(env.unwrapped.reward_space.shape))
+    env.close()
+    return dim
+
+
+def make_family(env_id: str, n_tasks: int = 10, seed: int = 0, n_test_tasks: int = 50) -> TaskFamily:
+    dim = reward_dim(env_id)
+    rng = np.random.default_rng([seed, 0x30])
+
+    def draw(count: int, prefix: str) -> list[Task]:
+        out = []
+        for i in range(count):
+            w = np.round(rng.dirichlet(np.ones(dim)), 4).tolist()
+            out.append(Task(f"{prefix}{i:02d}", functools.partial(make_env, env_id, w), {"weights": w}))
+        return out
+
+    return TaskFamily(
+        name=f"mo:{env_id}",
+        tasks=draw(n_tasks, "w"),
+        test_tasks=draw(n_test_tasks, "test"),
+        spec={"n_tasks": n_tasks, "seed": seed, "n_test_tasks": n_test_tasks},
+        description=f"{env_id} with {n_tasks} reward weightings drawn from the {dim}-objective simplex",
+    )
