@@ -114,11 +114,12 @@ def require(module: str, extra: str, family: str) -> ModuleType:
                        f"pip install 'policygradex[{extra}]'") from None
 
 
-class FlatFloatObservation(gym.ObservationWrapper):
+class FlatFloatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Flatten the observation to float32; ``unbounded`` for envs whose observations leave their declared bounds."""
 
     def __init__(self, env: gym.Env, unbounded: bool = False) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, unbounded=unbounded)
+        gym.ObservationWrapper.__init__(self, env)
         space = env.observation_space
         low, high = np.asarray(space.low, np.float32).ravel(), np.asarray(space.high, np.float32).ravel()
         if unbounded:

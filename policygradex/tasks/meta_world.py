@@ -19,10 +19,24 @@ MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3"
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 
 
+class SeededReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Meta-World's envs ignore ``reset(seed=...)``; reseed their generator here so that a seed fixes the
+    goal drawn and the episode (gymnasium's contract, checked by ``check_env``)."""
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self.env.unwrapped.np_random, _ = gym.utils.seeding.np_random(seed)
+        return self.env.reset(seed=seed, options=options)
+
+
 def make_env(env_name: str, env_id: int, n_tasks: int, seed: int) -> gym.Env:
     metaworld = require("metaworld", "metaworld", "metaworld")
     env = metaworld.make_mt_envs(env_name, seed=seed, use_one_hot=True, env_id=env_id, num_tasks=n_tasks)
-    return FlatFloatObservation(env, unbounded=True)
+    return FlatFloatObservation(SeededReset(env), unbounded=True)
 
 
 def make_family(env_names: list[str] | None = None, n_tasks: int | None = None, seed: int = 0) -> TaskFamily:

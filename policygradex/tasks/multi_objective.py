@@ -18,10 +18,24 @@ from policygradex.tasks.family import FlatFloatObservation, Task, TaskFamily, re
 EXAMPLES = ["mo-lunar-lander-v3", "deep-sea-treasure-v0", "mo-highway-fast-v0"]
 
 
+class ScalarisedReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Reward w . r of the env's vector reward r; r itself goes to ``info['vector_reward']`` (a fresh copy
+    each step, unlike mo-gymnasium's LinearReward, whose shared weight array fails ``check_env``)."""
+
+    def __init__(self, env: gym.Env, weights: list[float]) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, weights=weights)
+        gym.Wrapper.__init__(self, env)
+        self.weights = np.asarray(weights, dtype=np.float64)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        vector = np.array(reward, dtype=np.float64)
+        return obs, float(vector @ self.weights), terminated, truncated, {**info, "vector_reward": vector}
+
+
 def make_env(env_id: str, weights: list[float]) -> gym.Env:
     mo = require("mo_gymnasium", "mo", f"mo:{env_id}")
-    env = mo.wrappers.LinearReward(mo.make(env_id), weight=np.array(weights))
-    return FlatFloatObservation(env)
+    return FlatFloatObservation(ScalarisedReward(mo.make(env_id), weights))
 
 
 def reward_dim(env_id: str) -> int:
