@@ -140,9 +140,9 @@ def tasks_cmd() -> None:
     """List the built-in task families and what varies across their tasks."""
     from policygradex.tasks import FAMILIES
 
-    table = Table("family", "tasks", "what varies")
+    table = Table("family", "tasks", "what varies", "extra")
     for name, info in FAMILIES.items():
-        table.add_row(name, info.summary, info.varies)
+        table.add_row(name, info.summary, info.varies, info.extra or "-")
     Console().print(table)
 
 
