@@ -66,6 +66,8 @@ class EstimateConfig:
     """Transitions rolled out at theta* per task for the gradient features."""
     proj_dim: int = 400
     """Target dimension d of the random projection of grad log pi."""
+    projector: str = "factored"
+    """Projection back-end: 'factored' (no per-sample gradients) or 'gaussian' (the paper's dense matrix)."""
     holdout_fraction: float = 0.25
     """Share of each task's transitions kept out of the fit and used to score subsets."""
     subset_size: int | None = None
@@ -87,6 +89,8 @@ class EstimateConfig:
             raise ConfigError("holdout_fraction must lie strictly between 0 and 1")
         if self.subset_size is not None and self.subset_size < 2:
             raise ConfigError("subset_size must be at least 2")
+        if self.projector not in ("factored", "gaussian"):
+            raise ConfigError(f"projector must be 'factored' or 'gaussian', not {self.projector!r}")
         if self.solver not in ("newton-stats", "exact"):
             raise ConfigError(f"solver must be 'newton-stats' or 'exact', not {self.solver!r}")
         if self.ridge <= 0:

@@ -43,7 +43,7 @@ def test_quick_run_writes_a_complete_run_folder(quick_run):
 
 
 def test_rerun_with_same_settings_resumes_without_recomputing(quick_run):
-    stage_artifacts = ["meta_policy.pt", "features.npz", "surrogate.npz", "groups.json",
+    stage_artifacts = ["meta_policy.pt", "store/z.npy", "store/stats.npz", "surrogate.npz", "groups.json",
                        *quick_run.glob("downstream/*")]
     before = {p: (quick_run / p).stat().st_mtime_ns for p in stage_artifacts}
     result = CliRunner().invoke(app, ["run", "--family", "cartpole", "--out", str(quick_run), *QUICK])

@@ -4,20 +4,20 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from policygradex.estimate.affinity import affinity_from_scores
-from policygradex.estimate.features import GradientFeatures
+from policygradex.estimate.store import GradientStore
 from policygradex.estimate.subsets import sample_subsets
 from policygradex.estimate.surrogate import (
-    TaskStats,
     logistic_loss,
     newton_from_stats,
     ridge_strength,
     solve_exact,
+    solve_mm,
     solve_subsets,
     subset_scores,
 )
 
 
-def synthetic_features(n_tasks=4, rows=300, d=6, seed=0) -> GradientFeatures:
+def synthetic_features(n_tasks=4, rows=300, d=6, seed=0) -> GradientStore:
     """Tasks 0-1 share one true direction, tasks 2-3 the opposite one."""
     rng = np.random.default_rng(seed)
     direction = rng.normal(size=d)
@@ -31,8 +31,9 @@ def synthetic_features(n_tasks=4, rows=300, d=6, seed=0) -> GradientFeatures:
         w.append(rng.exponential(size=rows))
         task.append(np.full(rows, i))
     holdout = np.tile(np.arange(rows) >= int(rows * 0.75), n_tasks)
-    return GradientFeatures(np.concatenate(z).astype(np.float32), np.concatenate(y).astype(np.float32),
-                            np.concatenate(w).astype(np.float32), np.concatenate(task), holdout)
+    columns = {"z": np.concatenate(z).astype(np.float32), "y": np.concatenate(y).astype(np.float32),
+               "w": np.concatenate(w).astype(np.float32), "task": np.concatenate(task), "holdout": holdout}
+    return GradientStore(columns, n_tasks)
 
 
 def test_exact_solver_matches_scikit_learn_weighted_logistic_regression():
@@ -49,14 +50,29 @@ def test_exact_solver_matches_scikit_learn_weighted_logistic_regression():
 def test_newton_from_stats_is_one_newton_step_of_the_exact_solver():
     f = synthetic_features()
     subsets = np.array([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1]], dtype=bool)
-    fast = newton_from_stats(TaskStats.from_features(f), subsets, ridge=0.1)
-    stats = TaskStats.from_features(f)
+    fast = newton_from_stats(f.stats, subsets, ridge=0.1)
+    stats = f.stats
     fit = ~f.holdout
     for s, beta in zip(subsets, fast, strict=True):
         rows = fit & np.isin(f.task, np.flatnonzero(s))
         z, y, w = (torch.as_tensor(a[rows], dtype=torch.float64) for a in (f.z, f.y, f.w))
         lam = float(ridge_strength(stats.H[torch.as_tensor(s)].sum(0), torch.tensor(float(rows.sum())), 0.1))
         assert torch.allclose(beta, solve_exact(z, y, w, lam, max_iter=1), rtol=1e-8, atol=1e-10)
+
+
+def test_bounded_hessian_iteration_reaches_the_exact_minimum_of_every_subset():
+    f = synthetic_features()
+    subsets = np.array([[1, 1, 0, 0], [0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]], dtype=bool)
+    betas, iterations = solve_mm(f, subsets, ridge=0.1, tol=1e-10)
+    assert 1 < iterations < 500
+    fit = ~f.holdout
+    for s, beta in zip(subsets, betas, strict=True):
+        rows = fit & np.isin(f.task, np.flatnonzero(s))
+        z, y, w = (torch.as_tensor(a[rows], dtype=torch.float64) for a in (f.z, f.y, f.w))
+        lam = float(ridge_strength(f.stats.H[torch.as_tensor(s)].sum(0), torch.tensor(float(rows.sum())), 0.1))
+        assert torch.allclose(beta, solve_exact(z, y, w, lam), rtol=1e-6, atol=1e-8)
+    one_step, _ = solve_mm(f, subsets, ridge=0.1, max_iter=1)
+    assert torch.allclose(one_step, newton_from_stats(f.stats, subsets, 0.1), rtol=1e-8, atol=1e-10)
 
 
 def test_solvers_agree_and_scores_see_the_planted_conflict():

@@ -22,8 +22,9 @@ import torch
 from policygradex.cluster.sdp import Grouping, partition
 from policygradex.config import Config, PPOConfig
 from policygradex.estimate.affinity import affinity_from_scores
-from policygradex.estimate.features import GradientFeatures, collect_features
-from policygradex.estimate.projection import FactoredProjector
+from policygradex.estimate.features import collect_features
+from policygradex.estimate.projection import make_projector
+from policygradex.estimate.store import GradientStore
 from policygradex.estimate.subsets import sample_subsets
 from policygradex.estimate.surrogate import solve_subsets, subset_scores
 from policygradex.experiments import io
@@ -129,33 +130,34 @@ class Pipeline:
                            lambda p: load_policy(p, fam.action_space))
 
     # -- stage 2 -------------------------------------------------------------------------------------
-    def features(self, policy: ActorCritic) -> GradientFeatures:
+    def features(self, policy: ActorCritic) -> GradientStore:
         est = self.cfg.estimate
 
-        def compute() -> GradientFeatures:
+        def compute(path: Path | None) -> GradientStore:
             with self.progress.stage("2/5 gradient features", 1) as advance:
-                projector = FactoredProjector(policy, est.proj_dim, derive_seed(self.cfg.seed, "projection"))
-                feats = collect_features(policy, self.family, projector, est, self.cfg.meta,
-                                         derive_seed(self.cfg.seed, "features"))
+                projector = make_projector(est.projector, policy, est.proj_dim,
+                                           derive_seed(self.cfg.seed, "projection"))
+                store = collect_features(policy, self.family, projector, est, self.cfg.meta,
+                                         derive_seed(self.cfg.seed, "features"), path)
                 advance(1)
-                return feats
+                return store
 
-        return self._stage("features", "features.npz", compute,
-                           lambda f, p: io.write_npz(p, **f.arrays()),
-                           lambda p: GradientFeatures(**dict(np.load(p))))
+        path = self.folder / "store" if self.folder else None
+        return self._stage("features", "store/meta.json", lambda: compute(path), lambda store, p: None,
+                           lambda p: GradientStore.open(p.parent))
 
     # -- stage 3 -------------------------------------------------------------------------------------
     def estimate(self) -> AffinityResult:
         """Stages 1-3: theta*, features, subset surrogates, affinity."""
         est, n = self.cfg.estimate, self.family.n_tasks
-        feats = self.features(self.meta_policy())
+        store = self.features(self.meta_policy())
 
         def compute() -> dict[str, np.ndarray]:
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsets"))
             subsets = sample_subsets(n, est.subset_size, est.pair_coverage, est.max_subsets, rng)
             with self.progress.stage("3/5 subset surrogates", len(subsets)) as advance:
-                betas = solve_subsets(feats, subsets, est.solver, est.ridge)
-                scores = subset_scores(feats, subsets, betas)
+                betas = solve_subsets(store, subsets, est.solver, est.ridge)
+                scores = subset_scores(store, subsets, betas)
                 advance(len(subsets))
             return {"subsets": subsets, "scores": scores, "affinity": affinity_from_scores(subsets, scores)}
 
@@ -164,7 +166,7 @@ class Pipeline:
         if self.folder:
             io.write_npy(self.folder / "affinity.npy", out["affinity"])
         return AffinityResult(out["affinity"], out["subsets"], out["scores"], self.family.task_names,
-                              feats.z.shape[1], dict(self.seconds))
+                              store.d, dict(self.seconds))
 
     # -- stage 4 -------------------------------------------------------------------------------------
     def group(self, affinity: np.ndarray) -> Grouping:
