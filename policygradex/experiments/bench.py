@@ -1,0 +1,132 @@
+"""Benchmarks of the estimator's hot paths. Each yields JSON-able dicts, one per measured setting, every
+figure of a dict measured side by side in the same process. Run them with ``policygradex bench ...`` or
+the scripts under ``benchmarks/``; they are never timed tests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+# Actor hidden widths for about 0.5M, 3M and 20M parameters with 64 observation numbers and 8 actions.
+POLICY_SIZES = {"0.5M": (700, 700), "3M": (1220, 1220, 1220), "20M": (3150, 3150, 3150)}
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _rate(fn: Callable[[], Any], items: int, device: torch.device, min_seconds: float = 1.0,
+          max_repeats: int = 20, warmup: bool = True) -> float:
+    """Items per second of ``fn`` (after one warm-up call), repeated for at least ``min_seconds``."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if warmup:
+        fn()
+        sync()
+    start, repeats = time.perf_counter(), 0
+    while repeats < max_repeats and (repeats == 0 or time.perf_counter() - start < min_seconds):
+        fn()
+        repeats += 1
+    sync()
+    return items * repeats / (time.perf_counter() - start)
+
+
+def _features_row(size: str, transitions: int, d: int, gaussian_transitions: int | None, dev: torch.device,
+                  memory_bytes: int) -> dict[str, Any]:
+    import gymnasium as gym
+
+    from policygradex.estimate.projection import FactoredProjector, GaussianProjector
+    from policygradex.rl.policy import ActorCritic
+
+    torch.manual_seed(0)
+    policy = ActorCritic(64, gym.spaces.Discrete(8), n_tasks=1, hidden_sizes=POLICY_SIZES[size],
+                         task_conditioned=False).to(dev)
+    params = sum(p.numel() for p in policy.actor.parameters())
+    obs = torch.randn(transitions, 64, device=dev)
+    task = torch.zeros(transitions, dtype=torch.long, device=dev)
+    with torch.no_grad():
+        actions = policy.policy(obs, task).sample()
+
+    def floor() -> None:
+        policy.zero_grad()
+        policy.log_prob(policy.policy(obs, task), actions).sum().backward()
+
+    row: dict[str, Any] = {"bench": "features", "device": str(dev), "size": size, "params": params,
+                           "transitions": transitions, "d": d, "floor_tps": round(_rate(floor, transitions, dev))}
+    factored = FactoredProjector(policy, d, seed=0)
+    factored.mats = [(p.to(dev), q.to(dev)) for p, q in factored.mats]
+    row["factored_tps"] = round(_rate(lambda: factored.features(policy, obs, task, actions), transitions, dev))
+    row["factored_vs_floor"] = round(row["factored_tps"] / row["floor_tps"], 3)
+    if params * 4 * 2 > memory_bytes:
+        row["gaussian_tps"], row["note"] = None, "gaussian skipped: one per-sample gradient exceeds the budget"
+        return row
+    # The reference back-end runs on the CPU on one full batch (as many per-sample gradients as the memory
+    # budget holds), since it regenerates P for every batch.
+    policy = policy.cpu()
+    gaussian = GaussianProjector(policy, d, seed=0, memory_bytes=memory_bytes)
+    n = min(gaussian_transitions or gaussian.batch, transitions)
+    args = (policy, obs[:n].cpu(), task[:n].cpu(), actions[:n].cpu())
+    row["gaussian_tps"] = round(_rate(lambda: gaussian.features(*args), n, torch.device("cpu"), min_seconds=0.0,
+                                      max_repeats=1, warmup=False), 3)
+    row["gaussian_transitions"] = n
+    row["factored_vs_gaussian"] = round(row["factored_tps"] / row["gaussian_tps"], 1)
+    return row
+
+
+def bench_features(sizes: list[str] | None = None, transitions: int = 2048, d: int = 400,
+                   gaussian_transitions: int | None = None, device: str | None = None,
+                   memory_bytes: int = 2 * 2**30) -> Iterator[dict[str, Any]]:
+    """Transitions per second: floor (batched forward+backward of sum log pi), factored, gaussian."""
+    dev = _device(device)
+    torch.set_num_threads(os.cpu_count() or 1)
+    for size in sizes or list(POLICY_SIZES):
+        yield _features_row(size, transitions, d, gaussian_transitions, dev, memory_bytes)
+
+
+def bench_surrogate(m: int = 1000, d: int = 400, rows_per_task: int = 2048, n_tasks: int = 20, seed: int = 0,
+                    device: str | None = None) -> Iterator[dict[str, Any]]:
+    """newton-stats against exact on real cartpole features: wall time of all m subsets (solve and score;
+    every subset solved, no deduplication), and how far the two agree. 20 tasks by default, so that the
+    1000 subsets of half the tasks are distinct."""
+    from scipy.stats import spearmanr
+
+    from policygradex.config import Config, EstimateConfig
+    from policygradex.estimate.subsets import sample_subsets
+    from policygradex.estimate.surrogate import newton_from_stats, solve_mm, subset_scores
+    from policygradex.experiments.pipeline import Pipeline
+    from policygradex.tasks import make_family
+
+    fam = make_family("cartpole", n_tasks=n_tasks, seed=seed)
+    cfg = Config(seed=seed, estimate=EstimateConfig(transitions_per_task=rows_per_task, proj_dim=d))
+    pipe = Pipeline(fam, cfg, None, progress=False)
+    store = pipe.features(pipe.meta_policy())
+    torch.set_num_threads(os.cpu_count() or 1)  # the pipeline runs PPO on one thread; solves use every core
+    rng = np.random.default_rng(seed)
+    subsets = sample_subsets(n_tasks, None, 10**9, m, rng)  # exactly m subsets (repeats allowed for small n)
+    ridge = cfg.estimate.ridge
+    start = time.perf_counter()
+    stats = store.stats  # computed once when the store is built; timed here for completeness
+    stats_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fast = subset_scores(store, subsets, newton_from_stats(stats, subsets, ridge))
+    newton_s = time.perf_counter() - start
+    start = time.perf_counter()
+    betas, iterations = solve_mm(store, subsets, ridge, device=device)
+    exact = subset_scores(store, subsets, betas)
+    exact_s = time.perf_counter() - start
+    beta_fast = newton_from_stats(stats, subsets, ridge)
+    rel = ((beta_fast - betas).norm(dim=1) / betas.norm(dim=1)).median()
+    mask = subsets.astype(bool)
+    yield {"bench": "surrogate", "device": str(_device(device)), "m": m,
+           "distinct_subsets": len(np.unique(subsets, axis=0)), "d": store.d, "rows_per_task": rows_per_task,
+           "n_tasks": n_tasks, "newton_stats_s": round(newton_s, 3), "exact_s": round(exact_s, 2),
+           "exact_iterations": iterations, "stats_s": round(stats_s, 3),
+           "spearman": round(float(spearmanr(fast[mask], exact[mask]).statistic), 4),
+           "beta_rel_error_median": round(float(rel), 4),
+           "speedup": round(exact_s / newton_s, 1) if newton_s > 0 else math.inf}
