@@ -51,10 +51,11 @@ def test_quick_run_end_to_end(name, n, tmp_path):
         assert all(0.0 <= res["success_rate"] <= 1.0 for res in metrics["groupings"].values())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_planted_quick_run_recovers_the_true_groups(seed, tmp_path):
+@pytest.mark.parametrize("seed,options", [(0, []), (1, []), (2, []),
+                                          (0, ["--estimate-projector", "gaussian", "--estimate-solver", "exact"])])
+def test_planted_quick_run_recovers_the_true_groups(seed, options, tmp_path):
     result = CliRunner().invoke(app, ["run", "--family", "planted", "--quick", "--no-progress", "--seed", str(seed),
-                                      "--out", str(tmp_path / "run")])
+                                      "--out", str(tmp_path / "run"), *options])
     assert result.exit_code == 0, result.output
     fam = pgx.make_family("planted", seed=seed)
     found = json.loads((tmp_path / "run" / "groups.json").read_text())
