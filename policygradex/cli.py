@@ -104,35 +104,83 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-@app.command("run")
-@with_config_options
-def run_cmd(
-    out: Path = typer.Option(..., "--out", help="Run folder; an existing one with the same settings resumes."),
-    family: str = typer.Option("cartpole", "--family", help="Task family (see `policygradex tasks`)."),
-    n_tasks: Optional[int] = typer.Option(None, "--n-tasks", help="Number of tasks; default: the family's own."),  # noqa: UP045
-    quick: bool = typer.Option(False, "--quick", help="Tiny budgets for a smoke run (seconds)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-    **values: Any,
-) -> None:
-    """Run the whole pipeline: meta-train, estimate affinity, group, train groups and baselines, report."""
-    from policygradex.experiments.pipeline import Pipeline
-    from policygradex.tasks import make_family
+OUT = typer.Option(..., "--out", help="Run folder; an existing one with the same settings resumes.")
+FAMILY = typer.Option("cartpole", "--family", help="Task family (see `policygradex tasks`).")
+N_TASKS = typer.Option(None, "--n-tasks", help="Number of tasks; default: the family's own.")
+QUICK = typer.Option(False, "--quick", help="Tiny budgets for a smoke run (seconds).")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
+
+def _guarded(action):
+    """Run ``action()``; errors a user can fix become one line and exit code 2."""
     try:
-        cfg = build_config(values, family, quick)
-        fam = make_family(family, n_tasks=n_tasks, seed=cfg.seed)
-        result = Pipeline(fam, cfg, out, progress).run()
+        return action()
     except PGXError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; run the same command again to resume")
         raise typer.Exit(130) from None
+
+
+def _family_and_config(family: str, n_tasks: int | None, quick: bool, values: dict[str, Any]):
+    from policygradex.tasks import make_family
+
+    cfg = build_config(values, family, quick)
+    return make_family(family, n_tasks=n_tasks, seed=cfg.seed), cfg
+
+
+@app.command("run")
+@with_config_options
+def run_cmd(out: Path = OUT, family: str = FAMILY, n_tasks: Optional[int] = N_TASKS,  # noqa: UP045
+            quick: bool = QUICK, progress: bool = PROGRESS, **values: Any) -> None:
+    """Run the whole pipeline: meta-train, estimate affinity, group, train groups and baselines, report."""
+    from policygradex.experiments.pipeline import Pipeline
+
+    def action():
+        fam, cfg = _family_and_config(family, n_tasks, quick, values)
+        return Pipeline(fam, cfg, out, progress).run()
+
+    result = _guarded(action)
     console = Console()
     for name, res in result.metrics["groupings"].items():
         success = f"  success {100 * res['success_rate']:.1f}%" if "success_rate" in res else ""
         console.print(f"{name:>14}: k={res['k']:<2} mean return {res['mean']:.1f}{success}")
     if (score := result.metrics["grouping"]["nmi_true"]) is not None:
         console.print(f"NMI against the family's true grouping: {score:.3f}")
+
+
+validate_app = typer.Typer(no_args_is_help=True, help="The paper's claims measured in a run folder; each study "
+                           "writes a JSON file there and a section of the report.")
+app.add_typer(validate_app, name="validate")
+
+STUDY_HELP = {
+    "approx": "First-order error of log pi at relative parameter distances (approx.json).",
+    "ground-truth": "Fine-tune theta* on the estimator's subsets; NMI, Spearman and speedup (validation.json).",
+    "ablate": "NMI and estimation time against d, m, depth and projection back-end (ablation.json).",
+}
+
+
+def _study_command(study: str):
+    def command(out: Path = OUT, family: str = FAMILY, n_tasks: Optional[int] = N_TASKS,  # noqa: UP045
+                quick: bool = QUICK, progress: bool = PROGRESS, **values: Any) -> None:
+        import json
+
+        from policygradex.experiments.validate import run_study
+
+        def action():
+            fam, cfg = _family_and_config(family, n_tasks, quick, values)
+            return run_study(study, fam, cfg, out, progress)
+
+        result = _guarded(action)
+        shown = {k: v for k, v in result.items() if not isinstance(v, list | dict)}
+        print(json.dumps(shown if study != "approx" else {**shown, "rows": result["rows"]}))
+
+    command.__doc__ = STUDY_HELP[study]
+    return with_config_options(command)
+
+
+for _study in STUDY_HELP:
+    validate_app.command(_study)(_study_command(_study))
 
 
 @app.command("tasks")

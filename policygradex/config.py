@@ -132,6 +132,43 @@ class DownstreamConfig:
 
 
 @dataclass
+class ValidateConfig:
+    """``policygradex validate``: the paper's claims measured. Not part of a run folder's identity."""
+
+    distances: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1)
+    """Relative parameter distances ||dtheta|| / ||theta*|| at which the first-order error is measured."""
+    directions: int = 3
+    """Directions of each kind (fine-tuning on a random subset; random) for the approximation study."""
+    transitions_per_task: int = 256
+    """Transitions per task at theta* on which the approximation error is measured."""
+    finetune_steps_per_task: int = 4_096
+    """PPO steps per task when fine-tuning theta* on a subset (ground truth and fine-tuning directions)."""
+    finetune_learning_rate: float = 1e-3
+    """Adam learning rate of those fine-tunings."""
+    max_subsets: int | None = None
+    """Ground truth on at most this many of the estimator's subsets (a seeded sample); default all."""
+    eval_episodes: int = 10
+    """Evaluation episodes per task before and after each fine-tuning."""
+    deterministic_eval: bool = False
+    """Greedy actions in those evaluations; sampled by default, since greedy returns saturate at the episode
+    cap (CartPole: 500) and hide gains."""
+    ablate_dims: tuple[int, ...] = (100, 200, 400, 800)
+    """Projection dimensions d of the ablation."""
+    ablate_coverages: tuple[int, ...] = (2, 5, 10, 20)
+    """Pair coverages (hence numbers of subsets m) of the ablation."""
+    ablate_depths: tuple[int, ...] = (2, 4, 8)
+    """Hidden layers of theta* in the ablation (theta* is meta-trained again for each)."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "directions", "transitions_per_task", "finetune_steps_per_task", "eval_episodes",
+                  "finetune_learning_rate")
+        if not self.distances or min(self.distances) <= 0:
+            raise ConfigError("distances must be positive, for example 0.001,0.01,0.1")
+        if self.max_subsets is not None and self.max_subsets < 2:
+            raise ConfigError("max_subsets must be at least 2")
+
+
+@dataclass
 class Config:
     """Everything a run needs; every knob has a default."""
 
@@ -149,9 +186,14 @@ class Config:
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "workers")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define a run folder's artifacts (validation settings do not)."""
+        return {k: v for k, v in self.to_dict().items() if k != "validate"}
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
@@ -162,6 +204,9 @@ class Config:
             train=PPOConfig(steps_per_task=1_024, envs_per_task=1, num_steps=64, hidden_sizes=(32, 32)),
             estimate=EstimateConfig(transitions_per_task=256, proj_dim=64, pair_coverage=3),
             downstream=DownstreamConfig(eval_episodes=2),
+            validate=ValidateConfig(distances=(0.001, 0.01, 0.1), directions=1, transitions_per_task=64,
+                                    finetune_steps_per_task=256, max_subsets=4, eval_episodes=2, ablate_dims=(16, 64),
+                                    ablate_coverages=(2, 3), ablate_depths=(1, 2)),
             workers=1,
         )
         return dataclasses.replace(cfg, **overrides)

@@ -97,7 +97,7 @@ class Pipeline:
                  progress: bool = True) -> None:
         torch.set_num_threads(1)
         self.family, self.cfg = family, cfg
-        identity = {"family": family.spec, "config": cfg.to_dict()}
+        identity = {"family": family.spec, "config": cfg.identity()}
         self.folder = RunFolder.open(out, io.jsonable(identity)) if out is not None else None
         self.progress = StageProgress(progress)
         self.seconds: dict[str, float] = self.folder.timings() if self.folder else {}
@@ -147,10 +147,10 @@ class Pipeline:
                            lambda p: GradientStore.open(p.parent))
 
     # -- stage 3 -------------------------------------------------------------------------------------
-    def estimate(self) -> AffinityResult:
-        """Stages 1-3: theta*, features, subset surrogates, affinity."""
+    def estimate(self, policy: ActorCritic | None = None) -> AffinityResult:
+        """Stages 1-3: theta* (or the given policy), features, subset surrogates, affinity."""
         est, n = self.cfg.estimate, self.family.n_tasks
-        store = self.features(self.meta_policy())
+        store = self.features(policy or self.meta_policy())
 
         def compute() -> dict[str, np.ndarray]:
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsets"))
@@ -259,7 +259,7 @@ class Pipeline:
 
             io.write_json(self.folder / "metrics.json", metrics)
             with self.progress.stage("5/5 report", 1) as advance:
-                write_report(self.folder.path, metrics, est.affinity)
+                write_report(self.folder.path)
                 advance(1)
             self.progress.note(f"report: {self.folder / 'report.html'}")
         return RunResult(self.folder.path if self.folder else None, est.affinity, grouping, metrics)

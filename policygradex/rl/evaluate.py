@@ -33,13 +33,13 @@ def _success(info: dict, n_envs: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(policy: ActorCritic, factories: Sequence[EnvFactory], episodes: int, seed: int,
-             deterministic: bool = True) -> EvalResult:
-    """``episodes`` episodes of each task (task j = factories[j], as the policy knows it)."""
+             deterministic: bool = True, task_ids: Sequence[int] | None = None) -> EvalResult:
+    """``episodes`` episodes of each task; factory j is the policy's task ``task_ids[j]`` (default j)."""
     env_task = np.repeat(np.arange(len(factories)), episodes)
     n = len(env_task)
     envs = gym.vector.SyncVectorEnv([factories[j] for j in env_task], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     obs, _ = envs.reset(seed=seed)
-    task = torch.as_tensor(env_task)
+    task = torch.as_tensor(np.asarray(task_ids if task_ids is not None else range(len(factories)))[env_task])
     returns, success = np.zeros(n), np.full(n, np.nan)
     active = np.ones(n, dtype=bool)
     while active.any():

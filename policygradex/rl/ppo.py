@@ -63,15 +63,23 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
 
 
 def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
-              cfg: PPOConfig, seed: int, progress: Progress | None = None) -> TrainResult:
-    """Train one task-conditioned policy on the tasks behind ``factories`` (task j = factories[j])."""
+              cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
+              task_ids: Sequence[int] | None = None) -> TrainResult:
+    """Train one policy on the tasks behind ``factories``.
+
+    By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in
+    place) and ``task_ids``, each factory's task index in that policy's task space.
+    """
     n_tasks = len(factories)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    policy = ActorCritic(observation_space.shape[0], action_space, n_tasks, cfg.hidden_sizes, cfg.task_conditioned)
+    if policy is None:
+        policy = ActorCritic(observation_space.shape[0], action_space, n_tasks, cfg.hidden_sizes,
+                             cfg.task_conditioned)
+    ids = np.asarray(task_ids if task_ids is not None else range(n_tasks))
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    env_task = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
-    runner = TaskRunner([factories[j] for j in env_task], env_task, seed=seed, gamma=cfg.gamma)
+    local = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
+    runner = TaskRunner([factories[j] for j in local], ids[local], seed=seed, gamma=cfg.gamma)
     steps_per_iter = cfg.num_steps * cfg.envs_per_task  # per task
     iterations = math.ceil(cfg.steps_per_task / steps_per_iter)
     curve: list[tuple[int, list[float]]] = []
@@ -79,17 +87,19 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, act
         optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - it / iterations)
         rollout = runner.collect(policy, cfg.num_steps)
         ppo_update(policy, optimizer, rollout, cfg, generator)
-        curve.append(((it + 1) * steps_per_iter, _mean_return_per_task(rollout, n_tasks)))
+        curve.append(((it + 1) * steps_per_iter, _mean_return_per_task(rollout, ids)))
         if progress is not None:
             progress(steps_per_iter * n_tasks)
     runner.close()
     return TrainResult(policy, curve)
 
 
-def _mean_return_per_task(rollout: Rollout, n_tasks: int) -> list[float]:
-    sums, counts = np.zeros(n_tasks), np.zeros(n_tasks)
+def _mean_return_per_task(rollout: Rollout, ids: np.ndarray) -> list[float]:
+    """Mean return of the finished episodes of each factory's task, in factory order."""
+    position = {int(t): j for j, t in enumerate(ids)}
+    sums, counts = np.zeros(len(ids)), np.zeros(len(ids))
     for task, ret in rollout.episode_returns:
-        sums[task] += ret
-        counts[task] += 1
+        sums[position[task]] += ret
+        counts[position[task]] += 1
     with np.errstate(invalid="ignore"):
         return (sums / counts).tolist()
