@@ -45,8 +45,10 @@ PAPER_NMI, PAPER_NMI_RANDOM, PAPER_SPEEDUP = (0.73, 0.76), 0.2, 26.0
 
 # -- first-order approximation -------------------------------------------------------------------------------
 def first_order_error(policy: ActorCritic, step: dict[str, torch.Tensor], obs: torch.Tensor, task: torch.Tensor,
-                      actions: torch.Tensor) -> float:
-    """||exact change of log pi - g^T step|| / ||exact change||, over the given transitions."""
+                      actions: torch.Tensor, relative_to: str = "change") -> float:
+    """Remainder of the first-order expansion over the given transitions, ||r|| with
+    r = log pi_{theta*+step}(a|s) - log pi_{theta*}(a|s) - g^T step, relative to the exact change
+    (``relative_to="change"``, the strict measure) or to ||log pi_{theta*+step}(a|s)|| (``"logp"``)."""
     params = {k: v.detach() for k, v in policy.actor.named_parameters()}
     tangent = {k: step.get(f"actor.{k}", torch.zeros_like(v)) for k, v in params.items()}
 
@@ -57,8 +59,9 @@ def first_order_error(policy: ActorCritic, step: dict[str, torch.Tensor], obs: t
     with torch.no_grad():
         before, linear = jvp(logp, (params,), (tangent,))
         moved = apply_step(policy, step)
-        exact = moved.log_prob(moved.policy(obs, task), actions) - before
-    return float((exact - linear).norm() / exact.norm().clamp_min(1e-12))
+        after = moved.log_prob(moved.policy(obs, task), actions)
+    scale = (after - before) if relative_to == "change" else after
+    return float((after - before - linear).norm() / scale.norm().clamp_min(1e-12))
 
 
 def _finetune(policy: ActorCritic, family: TaskFamily, subset: list[int], cfg: Config, seed: int) -> ActorCritic:
@@ -98,10 +101,12 @@ def validate_approx(pipe: Pipeline) -> dict[str, Any]:
     rows = []
     for kind, steps in directions.items():
         for distance in v.distances:
-            errors = [first_order_error(policy, scale_to_distance(policy, s, distance), obs, task, actions)
-                      for s in steps]
+            scaled = [scale_to_distance(policy, s, distance) for s in steps]
+            errors = [first_order_error(policy, s, obs, task, actions) for s in scaled]
+            of_logp = [first_order_error(policy, s, obs, task, actions, relative_to="logp") for s in scaled]
             rows.append({"distance": distance, "direction": kind, "rel_error": float(np.mean(errors)),
-                         "rel_error_max": float(np.max(errors)), "directions": len(errors)})
+                         "rel_error_max": float(np.max(errors)), "rel_error_of_logp": float(np.mean(of_logp)),
+                         "directions": len(errors)})
     return {"family": family.name, "transitions": len(obs), "rows": rows, "paper_percent": PAPER_APPROX}
 
 
