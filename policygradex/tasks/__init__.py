@@ -12,7 +12,7 @@ from typing import Any
 
 from policygradex.errors import PGXError
 from policygradex.tasks import cartpole, highway, lunar_lander, meta_world, multi_objective, planted
-from policygradex.tasks.family import Task, TaskFamily
+from policygradex.tasks.family import Task, TaskFamily, describe_ranges
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,6 @@ class FamilyInfo:
     """Config overrides on top of ``Config.quick()`` for ``--quick``."""
 
 
-def _ranges(ranges: dict[str, tuple[float, float]]) -> str:
-    return ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in ranges.items())
-
-
 _MW_DEFAULTS = {"meta": {"steps_per_task": 100_000, "num_steps": 500},
                 "train": {"steps_per_task": 100_000, "num_steps": 500}}
 _MW_QUICK = {"meta": {"steps_per_task": 1_000, "num_steps": 500}, "train": {"steps_per_task": 500, "num_steps": 500},
@@ -44,18 +40,18 @@ FAMILIES: dict[str, FamilyInfo] = {
     "cartpole": FamilyInfo(
         lambda name, n, seed: cartpole.make_family(n or 10, seed),
         "CartPole-v1 physics variants, some with reversed force direction",
-        _ranges(cartpole.RANGES) + f"; reversed force in {cartpole.REVERSED_FRACTION:.0%} of tasks",
+        describe_ranges(cartpole.RANGES) + f"; reversed force in {cartpole.REVERSED_FRACTION:.0%} of tasks",
     ),
     "lunar_lander": FamilyInfo(
         lambda name, n, seed: lunar_lander.make_family(n or 10, seed),
         "LunarLander-v3 (discrete) variants",
-        _ranges(lunar_lander.RANGES),
+        describe_ranges(lunar_lander.RANGES),
         defaults={"meta": {"steps_per_task": 100_000}, "train": {"steps_per_task": 100_000}},
     ),
     "highway": FamilyInfo(
         lambda name, n, seed: highway.make_family(n or 10, seed),
         "highway-fast-v0 variants with their own reward weights and traffic",
-        _ranges(highway.RANGES),
+        describe_ranges(highway.RANGES),
         extra="highway",
         defaults={"meta": {"steps_per_task": 4_000, "num_steps": 64},
                   "train": {"steps_per_task": 4_000, "num_steps": 64},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,26 @@ class TaskFamily:
         tasks = [Task(n, f) for n, f in zip(names, factories, strict=True)]
         tests = [Task(f"test{i}", f) for i, f in enumerate(test_factories or [])]
         return cls(name=name, tasks=tasks, test_tasks=tests)
+
+
+def sampled_family(name: str, prefix: str, make_env: Callable[..., gym.Env],
+                   draw: Callable[[np.random.Generator], dict[str, Any]], rng: np.random.Generator, n_tasks: int,
+                   n_test_tasks: int, spec: dict[str, Any], description: str) -> TaskFamily:
+    """Training then test tasks, each ``make_env(**draw(rng))``, named prefix00, prefix01, ... and test00, ..."""
+
+    def tasks(count: int, label: str) -> list[Task]:
+        out = []
+        for i in range(count):
+            params = draw(rng)
+            out.append(Task(f"{label}{i:02d}", functools.partial(make_env, **params), params))
+        return out
+
+    return TaskFamily(name=name, tasks=tasks(n_tasks, prefix), test_tasks=tasks(n_test_tasks, "test"), spec=spec,
+                      description=description)
+
+
+def describe_ranges(ranges: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in ranges.items())
 
 
 def draw_params(rng: np.random.Generator, ranges: dict[str, tuple[float, float]]) -> dict[str, float]:

@@ -7,12 +7,17 @@ coarser simulation. Observations (5 vehicles x 5 kinematic features) are flatten
 
 from __future__ import annotations
 
-import functools
-
 import gymnasium as gym
 import numpy as np
 
-from policygradex.tasks.family import FlatFloatObservation, Task, TaskFamily, draw_params, require
+from policygradex.tasks.family import (
+    FlatFloatObservation,
+    TaskFamily,
+    describe_ranges,
+    draw_params,
+    require,
+    sampled_family,
+)
 
 RANGES: dict[str, tuple[float, float]] = {
     "collision_reward": (-1.5, -0.2),  # highway-env default: -1
@@ -29,22 +34,14 @@ def make_env(**config) -> gym.Env:
     return FlatFloatObservation(gym.make("highway-fast-v0", config=config))
 
 
+def _draw(rng: np.random.Generator) -> dict:
+    params: dict = draw_params(rng, RANGES)
+    params["vehicles_count"] = int(round(params["vehicles_count"]))
+    return params
+
+
 def make_family(n_tasks: int = 10, seed: int = 0, n_test_tasks: int = 50) -> TaskFamily:
     require("highway_env", "highway", "highway")
-    rng = np.random.default_rng([seed, 0x416])
-
-    def draw(count: int, prefix: str) -> list[Task]:
-        out = []
-        for i in range(count):
-            params = draw_params(rng, RANGES)
-            params["vehicles_count"] = int(round(params["vehicles_count"]))
-            out.append(Task(f"{prefix}{i:02d}", functools.partial(make_env, **params), params))
-        return out
-
-    return TaskFamily(
-        name="highway",
-        tasks=draw(n_tasks, "hw"),
-        test_tasks=draw(n_test_tasks, "test"),
-        spec={"n_tasks": n_tasks, "seed": seed, "n_test_tasks": n_test_tasks},
-        description="highway-fast-v0 variants: " + ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in RANGES.items()),
-    )
+    return sampled_family("highway", "hw", make_env, _draw, np.random.default_rng([seed, 0x416]), n_tasks,
+                          n_test_tasks, {"n_tasks": n_tasks, "seed": seed, "n_test_tasks": n_test_tasks},
+                          "highway-fast-v0 variants: " + describe_ranges(RANGES))

@@ -6,14 +6,12 @@ constants, so ``LunarLanderVariant`` swaps them in around its own ``step``.
 
 from __future__ import annotations
 
-import functools
-
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.box2d import lunar_lander
 from gymnasium.wrappers import TimeLimit
 
-from policygradex.tasks.family import Task, TaskFamily, draw_params
+from policygradex.tasks.family import TaskFamily, describe_ranges, draw_params, sampled_family
 
 RANGES: dict[str, tuple[float, float]] = {
     "gravity": (-11.5, -4.0),  # m/s^2; LunarLander-v3: -10
@@ -47,19 +45,7 @@ def make_env(**params) -> gym.Env:
 
 
 def make_family(n_tasks: int = 10, seed: int = 0, n_test_tasks: int = 50) -> TaskFamily:
-    rng = np.random.default_rng([seed, 0x1A2D])
-
-    def draw(count: int, prefix: str) -> list[Task]:
-        out = []
-        for i in range(count):
-            params = draw_params(rng, RANGES)
-            out.append(Task(f"{prefix}{i:02d}", functools.partial(make_env, **params), params))
-        return out
-
-    return TaskFamily(
-        name="lunar_lander",
-        tasks=draw(n_tasks, "ll"),
-        test_tasks=draw(n_test_tasks, "test"),
-        spec={"n_tasks": n_tasks, "seed": seed, "n_test_tasks": n_test_tasks},
-        description="LunarLander-v3 variants: " + ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in RANGES.items()),
-    )
+    return sampled_family("lunar_lander", "ll", make_env, lambda rng: draw_params(rng, RANGES),
+                          np.random.default_rng([seed, 0x1A2D]), n_tasks, n_test_tasks,
+                          {"n_tasks": n_tasks, "seed": seed, "n_test_tasks": n_test_tasks},
+                          "LunarLander-v3 variants: " + describe_ranges(RANGES))

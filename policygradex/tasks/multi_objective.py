@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from policygradex.errors import PGXError
-from policygradex.tasks.family import FlatFloatObservation, Task, TaskFamily, require
+from policygradex.tasks.family import FlatFloatObservation, TaskFamily, require, sampled_family
 
 EXAMPLES = ["mo-lunar-lander-v3", "deep-sea-treasure-v0", "mo-highway-fast-v0"]
 
@@ -51,19 +51,8 @@ def reward_dim(env_id: str) -> int:
 
 def make_family(env_id: str, n_tasks: int = 10, seed: int = 0, n_test_tasks: int = 50) -> TaskFamily:
     dim = reward_dim(env_id)
-    rng = np.random.default_rng([seed, 0x30])
-
-    def draw(count: int, prefix: str) -> list[Task]:
-        out = []
-        for i in range(count):
-            w = np.round(rng.dirichlet(np.ones(dim)), 4).tolist()
-            out.append(Task(f"{prefix}{i:02d}", functools.partial(make_env, env_id, w), {"weights": w}))
-        return out
-
-    return TaskFamily(
-        name=f"mo:{env_id}",
-        tasks=draw(n_tasks, "w"),
-        test_tasks=draw(n_test_tasks, "test"),
-        spec={"n_tasks": n_tasks, "seed": seed, "n_test_tasks": n_test_tasks},
-        description=f"{env_id} with {n_tasks} reward weightings drawn from the {dim}-objective simplex",
-    )
+    return sampled_family(f"mo:{env_id}", "w", functools.partial(make_env, env_id),
+                          lambda rng: {"weights": np.round(rng.dirichlet(np.ones(dim)), 4).tolist()},
+                          np.random.default_rng([seed, 0x30]), n_tasks, n_test_tasks,
+                          {"n_tasks": n_tasks, "seed": seed, "n_test_tasks": n_test_tasks},
+                          f"{env_id} with {n_tasks} reward weightings drawn from the {dim}-objective simplex")
