@@ -192,8 +192,8 @@ class Config:
         _positive(self, "workers")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that define a run folder's artifacts (validation settings do not)."""
-        return {k: v for k, v in self.to_dict().items() if k != "validate"}
+        """The settings that define a run folder's artifacts (validation settings and workers do not)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("validate", "workers")}
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:

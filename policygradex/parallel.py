@@ -19,9 +19,12 @@ R = TypeVar("R")
 
 
 def init_worker() -> None:
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
 
 
 def _call(blob: bytes) -> Any:
@@ -46,9 +49,13 @@ def map_local(fn: Callable[[T], R], items: Sequence[T], workers: int,
     with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
                              initializer=init_worker) as pool:
         futures = {pool.submit(_call, cloudpickle.dumps((fn, item))): i for i, item in enumerate(items)}
-        for fut in as_completed(futures):
-            i = futures[fut]
-            results[i] = fut.result()
-            if on_done:
-                on_done(i, results[i])
+        try:
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_done:
+                    on_done(i, results[i])
+        except BaseException:  # a failure or Ctrl-C: do not run the queued items to the end for nothing
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return results

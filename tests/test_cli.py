@@ -99,3 +99,28 @@ def test_foreign_non_empty_folder_is_refused(tmp_path):
 def test_tasks_lists_cartpole():
     result = CliRunner().invoke(app, ["tasks"])
     assert result.exit_code == 0 and "cartpole" in result.output
+
+
+def test_resumed_estimate_reproduces_the_uninterrupted_one(quick_run):
+    affinity = np.load(quick_run / "affinity.npy")
+    import shutil
+
+    shutil.rmtree(quick_run / "store")  # stage 2 and 3 redone on top of the reused theta*
+    (quick_run / "surrogate.npz").unlink()
+    result = CliRunner().invoke(app, ["run", "--family", "cartpole", "--out", str(quick_run), *QUICK])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.load(quick_run / "affinity.npy"), affinity)
+
+
+def test_damaged_artifact_is_recomputed_with_a_warning(quick_run):
+    groups = (quick_run / "groups.json").read_text()
+    (quick_run / "surrogate.npz").write_bytes(b"truncated")
+    result = CliRunner().invoke(app, ["run", "--family", "cartpole", "--out", str(quick_run), *QUICK])
+    assert result.exit_code == 0, result.output
+    assert "damaged" in result.output
+    assert np.load(quick_run / "surrogate.npz")["scores"].shape[1] == 4
+    assert (quick_run / "groups.json").read_text() == groups
+
+
+def test_more_groups_than_tasks_is_a_one_line_error(tmp_path):
+    _assert_clean_error(_run(["--out", str(tmp_path / "x"), *QUICK, "--k", "9"]), "between 1 and 4")

@@ -21,6 +21,8 @@ import numpy as np
 from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.exceptions import ConvergenceWarning
 
+from policygradex.errors import PGXError
+
 log = logging.getLogger(__name__)
 
 
@@ -98,12 +100,18 @@ def spectral_groups(U: np.ndarray, k: int, seed: int = 0) -> list[list[int]]:
 def partition(affinity: np.ndarray, k: int | None = None, trace_penalty: float = 0.0,
               solver: str = "SCS", seed: int = 0) -> Grouping:
     """Partition tasks by affinity; ``k=None`` lets the trace penalty pick the number of groups."""
+    import cvxpy as cp
+
     U = (np.asarray(affinity, dtype=float) + np.asarray(affinity, dtype=float).T) / 2
+    if k is not None and not 1 <= k <= len(U):
+        raise PGXError(f"k = {k} groups for {len(U)} tasks; choose k between 1 and {len(U)}")
+    if solver not in cp.installed_solvers():
+        raise PGXError(f"SDP solver {solver!r} is not installed; choose one of {', '.join(cp.installed_solvers())}")
     if len(U) == 1:
         return Grouping([[0]], "trivial")
     try:
         X = solve_sdp(U, k, trace_penalty, solver)
-    except Exception as exc:  # solver failures are rare but real; the fallback keeps the run going
+    except (cp.SolverError, RuntimeError) as exc:  # numerical failures are rare but real; keep the run going
         fallback_k = k if k is not None else 2
         log.warning("SDP failed (%s); falling back to spectral clustering with k=%d", exc, fallback_k)
         return Grouping(spectral_groups(U, fallback_k, seed), "spectral-fallback")

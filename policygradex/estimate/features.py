@@ -34,7 +34,7 @@ def collect_features(policy: ActorCritic, family: TaskFamily, projector: Project
     """
     n, steps = family.n_tasks, cfg.transitions_per_task
     runner = TaskRunner(family.factories(range(n)), range(n), seed=seed, gamma=ppo.gamma)
-    roll = runner.collect(policy, steps)
+    roll = runner.collect(policy, steps, seed=seed)
     runner.close()
     adv, _ = compute_gae(roll.rewards, roll.values, roll.dones, roll.last_value, ppo.gamma, ppo.gae_lambda)
     if cfg.standardize_advantages:

@@ -157,7 +157,7 @@ class StoreWriter:
         if path is None:
             self.columns = {k: np.zeros(shapes[k], dtype=dt) for k, dt in COLUMNS.items()}
             return
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.tmp = path.with_name(f".{path.name}.tmp")  # a crashed build's leftovers are cleared here
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         self.offsets = {}

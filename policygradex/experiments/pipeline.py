@@ -21,6 +21,7 @@ import torch
 
 from policygradex.cluster.sdp import Grouping, partition
 from policygradex.config import Config, PPOConfig
+from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.features import collect_features
 from policygradex.estimate.projection import make_projector
@@ -80,6 +81,7 @@ class GroupJob:
     family: TaskFamily
     ppo: PPOConfig
     seed: int
+    eval_seed: int
     eval_episodes: int
     deterministic: bool
 
@@ -87,7 +89,7 @@ class GroupJob:
 def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
     start = time.perf_counter()
     result = train_ppo(job.factories, job.family.observation_space, job.family.action_space, job.ppo, job.seed)
-    ev = evaluate(result.policy, job.factories, job.eval_episodes, seed=job.seed + 1, deterministic=job.deterministic)
+    ev = evaluate(result.policy, job.factories, job.eval_episodes, job.eval_seed, deterministic=job.deterministic)
     return {"returns": ev.returns.tolist(), "success": None if ev.success is None else ev.success.tolist(),
             "curve": result.curve, "seconds": time.perf_counter() - start}
 
@@ -107,8 +109,12 @@ class Pipeline:
                load: Callable[[Path], A]) -> A:
         path = self.folder / artifact if self.folder else None
         if path is not None and path.exists():
-            self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
-            return load(path)
+            try:
+                value = load(path)
+                self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
+                return value
+            except Exception as exc:  # truncated or corrupted: never used, recomputed
+                self.progress.warn(f"{path} is damaged ({type(exc).__name__}); recomputing it")
         start = time.perf_counter()
         value = compute()
         self.seconds[name] = time.perf_counter() - start
@@ -148,11 +154,13 @@ class Pipeline:
 
     # -- stage 3 -------------------------------------------------------------------------------------
     def estimate(self, policy: ActorCritic | None = None) -> AffinityResult:
-        """Stages 1-3: theta* (or the given policy), features, subset surrogates, affinity."""
+        """Stages 1-3: theta* (or, in memory only, the given policy), features, subset surrogates, affinity."""
+        if policy is not None and self.folder is not None:
+            raise PGXError("estimate(policy=...) is computed in memory only; use a Pipeline without a run folder")
         est, n = self.cfg.estimate, self.family.n_tasks
-        store = self.features(policy or self.meta_policy())
 
         def compute() -> dict[str, np.ndarray]:
+            store = self.features(policy or self.meta_policy())
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsets"))
             subsets = sample_subsets(n, est.subset_size, est.pair_coverage, est.max_subsets, rng)
             with self.progress.stage("3/5 subset surrogates", len(subsets)) as advance:
@@ -161,12 +169,15 @@ class Pipeline:
                 advance(len(subsets))
             return {"subsets": subsets, "scores": scores, "affinity": affinity_from_scores(subsets, scores)}
 
-        out = self._stage("surrogate", "surrogate.npz", compute, lambda v, p: io.write_npz(p, **v),
-                          lambda p: dict(np.load(p)))
+        def load(path: Path) -> dict[str, np.ndarray]:
+            with np.load(path) as f:
+                return dict(f)
+
+        out = self._stage("surrogate", "surrogate.npz", compute, lambda v, p: io.write_npz(p, **v), load)
         if self.folder:
             io.write_npy(self.folder / "affinity.npy", out["affinity"])
         return AffinityResult(out["affinity"], out["subsets"], out["scores"], self.family.task_names,
-                              store.d, dict(self.seconds))
+                              est.proj_dim, dict(self.seconds))
 
     # -- stage 4 -------------------------------------------------------------------------------------
     def group(self, affinity: np.ndarray) -> Grouping:
@@ -208,7 +219,8 @@ class Pipeline:
             else:
                 todo.append(unit)
         jobs = [GroupJob(self.family.factories(u), self.family, self.cfg.train,
-                         derive_seed(self.cfg.seed, "group", ",".join(map(str, u))), ds.eval_episodes,
+                         derive_seed(self.cfg.seed, "group", ",".join(map(str, u))),
+                         derive_seed(self.cfg.seed, "eval", ",".join(map(str, u))), ds.eval_episodes,
                          ds.deterministic_eval) for u in todo]
         start = time.perf_counter()
         with self.progress.stage("4/5 train groups", sum(len(u) for u in units)) as advance:
@@ -286,7 +298,7 @@ def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dic
         per_task.update({names[i]: float(r) for i, r in zip(g, res["returns"], strict=True)})
         if res.get("success") is not None:
             success.update({names[i]: float(r) for i, r in zip(g, res["success"], strict=True)})
-        curves.append((len(g), res["curve"]))
+        curves.append(res["curve"])
     out = {
         "groups": [[names[i] for i in g] for g in groups],
         "k": len(groups),
@@ -300,12 +312,12 @@ def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dic
     return out
 
 
-def _mean_curve(curves: list[tuple[int, list]]) -> list[list[float]]:
+def _mean_curve(curves: list[list]) -> list[list[float]]:
     """Task-averaged training return against env steps per task (groups share the same step grid)."""
-    steps = [x for x, _ in curves[0][1]]
+    steps = [x for x, _ in curves[0]]
     out = []
     for j, x in enumerate(steps):
-        vals = [v for _, curve in curves if j < len(curve) for v in curve[j][1] if v is not None and v == v]
+        vals = [v for curve in curves if j < len(curve) for v in curve[j][1] if v is not None and v == v]
         out.append([x, float(np.mean(vals)) if vals else float("nan")])
     return out
 

@@ -36,3 +36,7 @@ class StageProgress:
     def note(self, message: str) -> None:
         if self.enabled:
             self.console.print(message)
+
+    def warn(self, message: str) -> None:
+        """Shown even without progress bars."""
+        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)

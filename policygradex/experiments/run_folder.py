@@ -43,7 +43,7 @@ class RunFolder:
             except ValueError:
                 raise PGXError(f"{config_path} is unreadable; use a new --out or delete that folder") from None
             changed = diff(before.get("family", {}), identity["family"], "family.") + diff(
-                before.get("config", {}), identity["config"])
+                {k: v for k, v in before.get("config", {}).items() if k in identity["config"]}, identity["config"])
             if changed:
                 raise PGXError(
                     f"run folder {path} was made with a different configuration (changed: "

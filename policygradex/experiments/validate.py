@@ -79,11 +79,9 @@ def validate_approx(pipe: Pipeline) -> dict[str, Any]:
     policy = pipe.meta_policy()
     runner = TaskRunner(family.factories(range(family.n_tasks)), range(family.n_tasks),
                         seed=derive_seed(cfg.seed, "approx"), gamma=cfg.meta.gamma)
-    roll = runner.collect(policy, v.transitions_per_task)
+    roll = runner.collect(policy, v.transitions_per_task, seed=derive_seed(cfg.seed, "approx"))
     runner.close()
-    obs = roll.obs.reshape(-1, roll.obs.shape[-1])
-    task = roll.task.repeat(v.transitions_per_task)
-    actions = roll.actions.reshape(len(obs), *roll.actions.shape[2:])
+    obs, task, actions = roll.flat()
     rng = np.random.default_rng(derive_seed(cfg.seed, "approx-directions"))
     size = max(1, family.n_tasks // 2)
     directions: dict[str, list[dict[str, torch.Tensor]]] = {"finetune": [], "random": []}
@@ -151,8 +149,7 @@ def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
     est = pipe.estimate()
     grouping = pipe.group(est.affinity)
     policy = pipe.meta_policy()
-    seconds = pipe.folder.timings() if pipe.folder else pipe.seconds
-    estimate_seconds = sum(seconds.get(k, 0.0) for k in ("features", "surrogate", "group"))
+    estimate_seconds = sum(pipe.seconds.get(k, 0.0) for k in ("features", "surrogate", "group"))
     m_est = len(est.subsets)
     chosen = np.arange(m_est)
     if v.max_subsets is not None and v.max_subsets < m_est:

@@ -34,12 +34,25 @@ def _success(info: dict, n_envs: int) -> np.ndarray:
 @torch.no_grad()
 def evaluate(policy: ActorCritic, factories: Sequence[EnvFactory], episodes: int, seed: int,
              deterministic: bool = True, task_ids: Sequence[int] | None = None) -> EvalResult:
-    """``episodes`` episodes of each task; factory j is the policy's task ``task_ids[j]`` (default j)."""
+    """``episodes`` episodes of each task; factory j is the policy's task ``task_ids[j]`` (default j).
+
+    Episode e of task t starts from env seed ``seed + t * episodes + e`` and sampled actions come from a
+    generator seeded with ``seed``, so a task gets the same episodes whichever other tasks are evaluated
+    beside it (before/after comparisons pair up)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _evaluate(policy, factories, episodes, seed, deterministic, task_ids)
+
+
+def _evaluate(policy: ActorCritic, factories: Sequence[EnvFactory], episodes: int, seed: int,
+              deterministic: bool, task_ids: Sequence[int] | None) -> EvalResult:
     env_task = np.repeat(np.arange(len(factories)), episodes)
     n = len(env_task)
+    ids = np.asarray(task_ids if task_ids is not None else range(len(factories)))[env_task]
     envs = gym.vector.SyncVectorEnv([factories[j] for j in env_task], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    obs, _ = envs.reset(seed=seed)
-    task = torch.as_tensor(np.asarray(task_ids if task_ids is not None else range(len(factories)))[env_task])
+    obs, _ = envs.reset(seed=[int(seed + t * episodes + e) for t, e in zip(ids, np.tile(np.arange(episodes),
+                                                                                         len(factories)), strict=True)])
+    task = torch.as_tensor(ids)
     returns, success = np.zeros(n), np.full(n, np.nan)
     active = np.ones(n, dtype=bool)
     while active.any():

@@ -32,13 +32,10 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
     """Clipped-surrogate PPO update on one rollout (CleanRL's ``ppo.py``, multi-task inputs)."""
     advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, rollout.last_value,
                                       cfg.gamma, cfg.gae_lambda)
-    steps, n_envs = rollout.rewards.shape
-    b_obs = rollout.obs.reshape(steps * n_envs, -1)
-    b_task = rollout.task.repeat(steps)
-    b_actions = rollout.actions.reshape(steps * n_envs, *rollout.actions.shape[2:])
+    b_obs, b_task, b_actions = rollout.flat()
     b_logprobs, b_adv = rollout.logprobs.reshape(-1), advantages.reshape(-1)
     b_returns, b_values = returns.reshape(-1), rollout.values.reshape(-1)
-    batch = steps * n_envs
+    batch = len(b_obs)
     mb_size = max(1, batch // cfg.num_minibatches)
     for _ in range(cfg.update_epochs):
         order = torch.randperm(batch, generator=generator)

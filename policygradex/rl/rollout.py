@@ -25,6 +25,12 @@ class Rollout:
     task: torch.Tensor  # (envs,) task index of each env
     episode_returns: list[tuple[int, float]] = field(default_factory=list)  # (task, return) of finished episodes
 
+    def flat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(obs, task, actions) with steps and envs merged into one batch axis, step-major."""
+        steps, n_envs = self.rewards.shape
+        return (self.obs.reshape(steps * n_envs, -1), self.task.repeat(steps),
+                self.actions.reshape(steps * n_envs, *self.actions.shape[2:]))
+
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
                 gamma: float, gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +63,16 @@ class TaskRunner:
         self.running_return = np.zeros(len(factories))
 
     @torch.no_grad()
-    def collect(self, policy: ActorCritic, num_steps: int) -> Rollout:
+    def collect(self, policy: ActorCritic, num_steps: int, seed: int | None = None) -> Rollout:
+        """``num_steps`` steps of every env. With ``seed``, actions are sampled from a generator seeded with it
+        (torch's global one is left as it was), so that a one-off rollout is reproducible on its own."""
+        if seed is None:
+            return self._collect(policy, num_steps)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return self._collect(policy, num_steps)
+
+    def _collect(self, policy: ActorCritic, num_steps: int) -> Rollout:
         n_envs = len(self.task)
         obs = torch.zeros((num_steps, n_envs, *self.obs.shape[1:]))
         actions, logprobs, rewards, dones, values = [], [], torch.zeros(num_steps, n_envs), [], []
