@@ -103,7 +103,7 @@ class ClusterConfig:
 
     k: int | None = field(default=None, metadata={"flag": "k"})
     """Number of groups; default: chosen by the trace penalty of the SDP."""
-    trace_penalty: float = 1.0
+    trace_penalty: float = 2.0
     """Cost of one more group, in units of the mean absolute off-diagonal affinity."""
     sdp_solver: str = "SCS"
     """cvxpy solver for the SDP."""
