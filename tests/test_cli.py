@@ -38,6 +38,9 @@ def test_quick_run_writes_a_complete_run_folder(quick_run):
     for res in metrics["groupings"].values():
         assert set(res["per_task"]) == set(groups["tasks"]) and res["mean"] > 0
     assert metrics["groupings"]["random"]["k"] == groups["k"]
+    seconds = metrics["stage_seconds"]
+    assert set(seconds) == {"meta_train", "features", "surrogate", "group", "downstream"}
+    assert seconds["surrogate"] < seconds["meta_train"]  # each stage's own time, not its dependencies'
     report = (quick_run / "report.md").read_text()
     assert "PolicyGradEx" in report and "single (k=1)" in report and "figures/affinity.png" in report
 

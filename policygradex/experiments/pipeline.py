@@ -103,6 +103,7 @@ class Pipeline:
         self.folder = RunFolder.open(out, io.jsonable(identity)) if out is not None else None
         self.progress = StageProgress(progress)
         self.seconds: dict[str, float] = self.folder.timings() if self.folder else {}
+        self._inner_seconds = 0.0
 
     # -- caching -------------------------------------------------------------------------------------
     def _stage(self, name: str, artifact: str, compute: Callable[[], A], save: Callable[[A, Path], None],
@@ -115,9 +116,11 @@ class Pipeline:
                 return value
             except Exception as exc:  # truncated or corrupted: never used, recomputed
                 self.progress.warn(f"{path} is damaged ({type(exc).__name__}); recomputing it")
-        start = time.perf_counter()
+        start, inner_before = time.perf_counter(), self._inner_seconds
         value = compute()
-        self.seconds[name] = time.perf_counter() - start
+        # A stage may run the stages it depends on (surrogate -> features -> meta_train): keep its own time.
+        self.seconds[name] = time.perf_counter() - start - (self._inner_seconds - inner_before)
+        self._inner_seconds += self.seconds[name]
         if path is not None:
             save(value, path)
             self.folder.record_time(name, self.seconds[name])
