@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from policygradex import io
 from policygradex.cluster.sdp import Grouping, partition
 from policygradex.config import Config, PPOConfig
 from policygradex.errors import PGXError
@@ -28,7 +29,6 @@ from policygradex.estimate.projection import make_projector
 from policygradex.estimate.store import GradientStore
 from policygradex.estimate.subsets import sample_subsets
 from policygradex.estimate.surrogate import solve_subsets, subset_scores
-from policygradex.experiments import io
 from policygradex.experiments.groupings import random_groups, single_group
 from policygradex.experiments.progress import StageProgress
 from policygradex.experiments.run_folder import RunFolder

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from policygradex.experiments.io import atomic_write, read_json, write_text
+from policygradex.io import atomic_write, read_json, write_text
 
 Block = tuple[str, Any]  # ("h1" | "h2" | "p" | "table" | "img", payload)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from policygradex.config import diff
 from policygradex.errors import PGXError
-from policygradex.experiments.io import read_json, write_json
+from policygradex.io import read_json, write_json
 
 CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"

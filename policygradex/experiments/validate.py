@@ -22,12 +22,12 @@ import torch
 from scipy.stats import spearmanr
 from torch.func import functional_call, jvp
 
+from policygradex import io
 from policygradex.cluster.sdp import partition
 from policygradex.config import Config
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.projection import apply_step, scale_to_distance
-from policygradex.experiments import io
 from policygradex.experiments.groupings import random_groups
 from policygradex.experiments.pipeline import Pipeline, derive_seed, nmi
 from policygradex.parallel import map_local

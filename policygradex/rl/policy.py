@@ -89,7 +89,7 @@ class ActorCritic(nn.Module):
 
 
 def save_policy(policy: ActorCritic, path) -> None:
-    from policygradex.experiments.io import atomic_torch_save
+    from policygradex.io import atomic_torch_save
 
     atomic_torch_save({"spec": policy.spec(), "state_dict": policy.state_dict()}, path)
 
