@@ -39,6 +39,7 @@ from policygradex.rl.ppo import train_ppo
 from policygradex.tasks.family import EnvFactory, TaskFamily
 
 A = TypeVar("A")
+K = TypeVar("K")
 
 
 def derive_seed(seed: int, *keys: int | str) -> int:
@@ -213,34 +214,43 @@ class Pipeline:
         """Train one policy per distinct group (a group shared by two groupings trains once), evaluate."""
         ds, names = self.cfg.downstream, self.family.task_names
         units = sorted({tuple(g) for groups in groupings.values() for g in groups}, key=lambda g: -len(g))
-        results: dict[tuple[int, ...], dict[str, Any]] = {}
-        todo = []
-        for unit in units:
-            path = self._unit_path(unit)
-            if path is not None and path.exists():
-                results[unit] = io.read_json(path)
-            else:
-                todo.append(unit)
-        jobs = [GroupJob(self.family.factories(u), self.family, self.cfg.train,
-                         derive_seed(self.cfg.seed, "group", ",".join(map(str, u))),
-                         derive_seed(self.cfg.seed, "eval", ",".join(map(str, u))), ds.eval_episodes,
-                         ds.deterministic_eval) for u in todo]
         start = time.perf_counter()
-        with self.progress.stage("4/5 train groups", sum(len(u) for u in units)) as advance:
-            advance(sum(len(u) for u in results))
-
-            def done(i: int, res: dict[str, Any]) -> None:
-                results[todo[i]] = res
-                if (path := self._unit_path(todo[i])) is not None:
-                    io.write_json(path, res)
-                advance(len(todo[i]))
-
-            map_local(train_and_evaluate, jobs, self.cfg.workers, done)
-        if todo:
+        results, done = self.units(
+            "4/5 train groups", units, self._unit_path, train_and_evaluate,
+            lambda u: GroupJob(self.family.factories(u), self.family, self.cfg.train,
+                               derive_seed(self.cfg.seed, "group", ",".join(map(str, u))),
+                               derive_seed(self.cfg.seed, "eval", ",".join(map(str, u))), ds.eval_episodes,
+                               ds.deterministic_eval),
+            weight=len)
+        if done:
             self.seconds["downstream"] = time.perf_counter() - start + self.seconds.get("downstream", 0.0)
             if self.folder:
                 self.folder.record_time("downstream", self.seconds["downstream"])
         return {name: _grouping_result(groups, results, names) for name, groups in groupings.items()}
+
+    def units(self, label: str, keys: list[K], path_of: Callable[[K], Path | None], fn: Callable[[Any], dict],
+              job_of: Callable[[K], Any], weight: Callable[[K], int] = lambda key: 1) -> tuple[dict[K, dict], int]:
+        """Independent units of work, resumable: a unit whose JSON (``path_of(key)``) exists is read back, the
+        others run across the worker processes, each saved as it finishes. Returns (results by key, units run)."""
+        results: dict[K, dict] = {}
+        todo = []
+        for key in keys:
+            path = path_of(key)
+            if path is not None and path.exists():
+                results[key] = io.read_json(path)
+            else:
+                todo.append(key)
+        with self.progress.stage(label, sum(weight(k) for k in keys)) as advance:
+            advance(sum(weight(k) for k in results))
+
+            def done(i: int, res: dict[str, Any]) -> None:
+                results[todo[i]] = res
+                if (path := path_of(todo[i])) is not None:
+                    io.write_json(path, res)
+                advance(weight(todo[i]))
+
+            map_local(fn, [job_of(k) for k in todo], self.cfg.workers, done)
+        return results, len(todo)
 
     def _unit_path(self, unit: tuple[int, ...]) -> Path | None:
         return self.folder / f"downstream/group-{'-'.join(map(str, unit))}.json" if self.folder else None

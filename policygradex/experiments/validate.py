@@ -30,7 +30,6 @@ from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.projection import apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
 from policygradex.experiments.pipeline import Pipeline, derive_seed, nmi
-from policygradex.parallel import map_local
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.policy import ActorCritic
 from policygradex.rl.ppo import train_ppo
@@ -163,26 +162,11 @@ def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
                                            "deterministic_eval")}
     key = zlib.crc32(json.dumps(protocol, sort_keys=True).encode())
     folder = pipe.folder.path / "ground_truth" / f"{key:08x}" if pipe.folder else None
-    results: dict[int, dict[str, Any]] = {}
-    todo = []
-    for s in chosen:
-        path = folder / f"subset-{s:04d}.json" if folder else None
-        if path is not None and path.exists():
-            results[int(s)] = io.read_json(path)
-        else:
-            todo.append(int(s))
-    jobs = [FinetuneJob(policy, family, np.flatnonzero(est.subsets[s]).tolist(), cfg,
-                        derive_seed(cfg.seed, "ground-truth", s), eval_seed) for s in todo]
-    with pipe.progress.stage("ground truth: fine-tune subsets", len(chosen)) as advance:
-        advance(len(results))
-
-        def done(j: int, res: dict[str, Any]) -> None:
-            results[todo[j]] = res
-            if folder is not None:
-                io.write_json(folder / f"subset-{todo[j]:04d}.json", res)
-            advance(1)
-
-        map_local(finetune_and_evaluate, jobs, cfg.workers, done)
+    results, _ = pipe.units(
+        "ground truth: fine-tune subsets", [int(s) for s in chosen],
+        lambda s: folder / f"subset-{s:04d}.json" if folder else None, finetune_and_evaluate,
+        lambda s: FinetuneJob(policy, family, np.flatnonzero(est.subsets[s]).tolist(), cfg,
+                              derive_seed(cfg.seed, "ground-truth", s), eval_seed))
     subsets = est.subsets[chosen]
     gains = np.full(subsets.shape, np.nan)
     for row, s in enumerate(chosen):
