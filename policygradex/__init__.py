@@ -26,7 +26,8 @@ def estimate_affinity(family: TaskFamily, cfg: Config | None = None, out: str | 
 
     ``result.affinity`` is the n x n task-affinity matrix.
     """
-    return Pipeline(family, cfg or Config(), out, progress).estimate()
+    with Pipeline(family, cfg or Config(), out, progress) as pipe:
+        return pipe.estimate()
 
 
 def run(family: TaskFamily, cfg: Config | None = None, out: str | Path | None = None,

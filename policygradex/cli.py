@@ -149,6 +149,30 @@ def run_cmd(out: Path = OUT, family: str = FAMILY, n_tasks: Optional[int] = N_TA
         console.print(f"NMI against the family's true grouping: {score:.3f}")
 
 
+@app.command("compare")
+@with_config_options
+def compare_cmd(out: Path = OUT, family: str = FAMILY, seeds: int = typer.Option(5, "--seeds", help="Number of seeds "
+                "(seed, seed+1, ...); each is a whole run in OUT/seed-S."),
+                n_tasks: Optional[int] = N_TASKS, quick: bool = QUICK,  # noqa: UP045
+                progress: bool = PROGRESS, **values: Any) -> None:
+    """Every grouping (single, random, gradient similarity, independent, PolicyGradEx and k = 1..4) at an equal
+    step budget per task over several seeds: results.json and the main-results table in report.md/html."""
+    from policygradex.experiments.compare import MAIN, compare
+
+    def action():
+        fam, cfg = _family_and_config(family, n_tasks, quick, values)
+        return compare(fam, cfg, seeds, out, progress)
+
+    results = _guarded(action)
+    console = Console()
+    console.print(f"{results['family']}: {results['metric']}, mean ± std over seeds {results['seeds']}")
+    for name, res in results["methods"].items():
+        gain = results["gains"].get(name)
+        shown = "" if gain is None or name not in MAIN else f"   PolicyGradEx {gain:+.1f}%"
+        console.print(f"{name:>20}: {res['mean']:8.1f} ± {res['std']:.1f}{shown}")
+    console.print(f"report: {Path(out) / 'report.html'}")
+
+
 validate_app = typer.Typer(no_args_is_help=True, help="The paper's claims measured in a run folder; each study "
                            "writes a JSON file there and a section of the report.")
 app.add_typer(validate_app, name="validate")

@@ -113,22 +113,69 @@ class ClusterConfig:
             raise ConfigError("k must be at least 1")
 
 
+EXECUTION = ("workers", "executor", "ray_address")
+"""Top-level settings that say where work runs; results never depend on them."""
+GROUPINGS = ("single", "random", "gradient-similarity", "independent")
+TRAINERS = ("ppo", "softmod", "maml")
+PROTOCOLS = ("multi-task", "meta")
+
+
 @dataclass
 class DownstreamConfig:
     """Stages 5-6: one policy per group, evaluated per task, against baselines."""
 
+    trainer: str = "ppo"
+    """Group trainer: 'ppo' (multi-task PPO, task-conditioned MLP), 'softmod' (PPO on a Soft Modularization
+    network, Yang et al. 2020) or 'maml' (Finn et al. 2017; meta-RL, a policy without task ids)."""
+    protocol: str = "multi-task"
+    """'multi-task': evaluate each group's policy on its own training tasks. 'meta': adapt on the family's
+    held-out test tasks (see the adapt section), each routed to one group, then evaluate."""
     eval_episodes: int = 10
     """Evaluation episodes per task."""
     deterministic_eval: bool = True
     """Evaluate the greedy action instead of sampling."""
     baselines: tuple[str, ...] = ("single", "random")
-    """Groupings trained beside PolicyGradEx's: 'single' (k = 1) and 'random' (same k)."""
+    """Groupings trained beside PolicyGradEx's: 'single' (k = 1), 'random' (same k), 'gradient-similarity'
+    (cosine of the tasks' projected policy gradients at theta*, clustered by the same SDP, same k) and
+    'independent' (k = n)."""
+    ablate_k: tuple[int, ...] = ()
+    """Also train PolicyGradEx's affinity partitioned into exactly these numbers of groups (``compare``: 1,2,3,4)."""
 
     def __post_init__(self) -> None:
         _positive(self, "eval_episodes")
-        unknown = set(self.baselines) - {"single", "random"}
+        _choice(self, "trainer", TRAINERS)
+        _choice(self, "protocol", PROTOCOLS)
+        unknown = set(self.baselines) - set(GROUPINGS)
         if unknown:
-            raise ConfigError(f"unknown baseline(s) {sorted(unknown)}; choose from 'single', 'random'")
+            raise ConfigError(f"unknown baseline(s) {sorted(unknown)}; choose from {', '.join(GROUPINGS)}")
+        if self.ablate_k and min(self.ablate_k) < 1:
+            raise ConfigError("ablate_k lists numbers of groups, each at least 1")
+
+
+@dataclass
+class AdaptConfig:
+    """Meta-RL: MAML's inner loop, and the adaptation to a held-out test task before it is evaluated.
+
+    One adaptation step is one environment step of the test task: ``steps`` of them are collected with the
+    group's meta-policy and spent on ``inner_updates`` policy-gradient updates (the MAML inner rule; MAML
+    meta-trains with the same rule and batch). The paper adapts for 200 steps."""
+
+    steps: int = 200
+    """Environment steps of a test task seen by its adaptation (and by each inner loop of MAML training)."""
+    inner_updates: int = 1
+    """Policy-gradient updates those steps are split into."""
+    inner_lr: float = 0.1
+    """Step size of the inner (adaptation) update, plain gradient descent."""
+    second_order: bool = False
+    """MAML: differentiate through the inner update (exact second order) instead of first-order MAML."""
+    test_tasks: int = 50
+    """Held-out test tasks evaluated (the first ones of the family's test split)."""
+    route_steps: int = 256
+    """Steps of theta* on a test task for routing: the task goes to the group whose training tasks' projected
+    policy gradients at theta* point most nearly its way (mean cosine). Test returns are never looked at."""
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "inner_updates", "inner_lr", "test_tasks", "route_steps")
 
 
 @dataclass
@@ -175,7 +222,12 @@ class Config:
     seed: int = 0
     """Seed of every random choice (policies, environments, projections, subsets, baselines)."""
     workers: int = 2
-    """Worker processes for independent trainings (one torch thread each)."""
+    """Worker processes for independent work: per-task rollouts, group trainings, fine-tunes (one torch thread
+    each). With --executor ray and a --ray-address, the cluster's size sets the parallelism instead."""
+    executor: str = "local"
+    """Where independent work runs: 'local' (a process pool on this machine) or 'ray' (a Ray cluster)."""
+    ray_address: str | None = None
+    """Ray cluster to join (what `ray start --head` prints); default: start a local Ray instance on loopback."""
     meta: PPOConfig = field(default_factory=lambda: PPOConfig(task_conditioned=False))
     """Stage 1, the meta-policy theta*. Not task-conditioned by default: like MAML's meta-policy it is shared,
     so tasks that conflict pull its gradients in opposite directions, which is what the estimator reads
@@ -186,14 +238,22 @@ class Config:
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "workers")
+        _choice(self, "executor", ("local", "ray"))
+        if self.ray_address is not None and self.executor != "ray":
+            raise ConfigError("--ray-address needs --executor ray")
+        if self.downstream.trainer == "softmod" and not self.train.task_conditioned:
+            raise ConfigError("the softmod trainer routes by task id: drop --no-train-task-conditioned")
+        if self.downstream.trainer == "maml" and self.downstream.protocol != "meta":
+            raise ConfigError("the maml trainer meta-trains for adaptation: use --downstream-protocol meta")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that define a run folder's artifacts (validation settings and workers do not)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("validate", "workers")}
+        """The settings that define a run folder's artifacts (validation settings and where work runs do not)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION + ("validate",)}
 
     @classmethod
     def quick(cls, **overrides: Any) -> Config:
@@ -204,6 +264,7 @@ class Config:
             train=PPOConfig(steps_per_task=1_024, envs_per_task=1, num_steps=64, hidden_sizes=(32, 32)),
             estimate=EstimateConfig(transitions_per_task=256, proj_dim=64, pair_coverage=3),
             downstream=DownstreamConfig(eval_episodes=2),
+            adapt=AdaptConfig(steps=64, test_tasks=4, route_steps=64),
             validate=ValidateConfig(distances=(0.001, 0.01, 0.1), directions=1, transitions_per_task=64,
                                     finetune_steps_per_task=256, max_subsets=4, eval_episodes=2, ablate_dims=(16, 64),
                                     ablate_coverages=(2, 3), ablate_depths=(1, 2)),
@@ -247,6 +308,11 @@ def _from_plain(section_cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a section from JSON, turning lists back into the tuples the dataclass declares."""
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return section_cls(**kwargs)
+
+
+def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(obj, name)!r}")
 
 
 def _positive(obj: Any, *names: str) -> None:

@@ -1,21 +1,30 @@
-"""Executors for embarrassingly parallel work: a local process pool, one torch thread per worker.
+"""Executors for embarrassingly parallel work: a local process pool (default) or a Ray cluster.
 
-Small policies train fastest with one torch thread each (measured 10x faster PPO than torch's default
-on 2 cores), so parallelism comes from processes. Work items travel with cloudpickle, so that a user's
-own env factories (lambdas, closures) reach the workers too.
+Everything that splits into independent items goes through ``Executor.map``: per-task rollouts for the
+gradient features, group trainings, ground-truth fine-tunes, seeds of ``compare``. Every item carries its
+own seed, so results do not depend on the executor, the number of workers or the order items finish in.
+
+Small policies train fastest with one torch thread each (measured 10x faster PPO than torch's default on 2
+cores), so parallelism comes from processes. Items travel with cloudpickle, so that a user's own env
+factories (lambdas, closures) reach the workers too.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
 import cloudpickle
 
+from policygradex.errors import PGXError
+
 T = TypeVar("T")
 R = TypeVar("R")
+OnDone = Callable[[int, Any], None]
+EXECUTORS = ("local", "ray")
 
 
 def init_worker() -> None:
@@ -32,23 +41,49 @@ def _call(blob: bytes) -> Any:
     return fn(item)
 
 
-def map_local(fn: Callable[[T], R], items: Sequence[T], workers: int,
-              on_done: Callable[[int, R], None] | None = None) -> list[R]:
-    """``[fn(x) for x in items]``, across ``workers`` spawned processes (in-process when workers <= 1).
+class Executor:
+    """``map(fn, items, on_done)`` = ``[fn(x) for x in items]``, possibly in other processes or machines;
+    ``on_done(index, result)`` runs in this process as each item finishes (progress, checkpoints)."""
 
-    ``on_done(index, result)`` runs in this process as each item finishes (progress, checkpoints).
-    """
-    results: list[Any] = [None] * len(items)
-    if workers <= 1 or len(items) <= 1:
-        for i, item in enumerate(items):
-            results[i] = fn(item)
-            if on_done:
-                on_done(i, results[i])
-        return results
-    ctx = mp.get_context("spawn")  # fork after torch has run can deadlock its thread pools
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
-                             initializer=init_worker) as pool:
-        futures = {pool.submit(_call, cloudpickle.dumps((fn, item))): i for i, item in enumerate(items)}
+    workers: int = 1
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], on_done: OnDone | None = None) -> list[R]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release workers (a pool is started once and reused by every ``map`` until then)."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _in_process(fn: Callable, items: Sequence, on_done: OnDone | None) -> list:
+    results = []
+    for i, item in enumerate(items):
+        results.append(fn(item))
+        if on_done:
+            on_done(i, results[i])
+    return results
+
+
+class LocalExecutor(Executor):
+    """A pool of ``workers`` spawned processes on this machine, one torch thread each (in-process if 1)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], on_done: OnDone | None = None) -> list[R]:
+        if self.workers <= 1 or len(items) <= 1:
+            return _in_process(fn, items, on_done)
+        if self._pool is None:  # spawn, not fork: forking after torch has run can deadlock its thread pools
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=init_worker)
+        results: list[Any] = [None] * len(items)
+        futures = {self._pool.submit(_call, cloudpickle.dumps((fn, item))): i for i, item in enumerate(items)}
         try:
             for fut in as_completed(futures):
                 i = futures[fut]
@@ -56,6 +91,95 @@ def map_local(fn: Callable[[T], R], items: Sequence[T], workers: int,
                 if on_done:
                     on_done(i, results[i])
         except BaseException:  # a failure or Ctrl-C: do not run the queued items to the end for nothing
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
             raise
-    return results
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class RayExecutor(Executor):
+    """Ray tasks, one CPU and one torch thread each. Without an address Ray starts a local instance on
+    loopback with ``workers`` CPUs; with one (``ray start --head`` prints it) it joins that cluster, whose
+    size then sets the parallelism. Every machine needs policygradex and the families' extras installed."""
+
+    def __init__(self, workers: int, address: str | None = None) -> None:
+        self.workers, self.address = workers, address
+        self._remote = None
+        self._started_here = False
+
+    def _start(self) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise PGXError("--executor ray needs Ray: pip install 'policygradex[ray]'") from None
+        if not ray.is_initialized():
+            if self.address is None:
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False,
+                         configure_logging=False, _node_ip_address="127.0.0.1")
+            else:
+                try:
+                    ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+                except (ConnectionError, ValueError, RuntimeError) as exc:
+                    raise PGXError(f"cannot join the Ray cluster at --ray-address {self.address}: {exc}; start one "
+                                   "with `ray start --head` and pass the address it prints") from None
+            self._started_here = True
+
+        @ray.remote(num_cpus=1)
+        def call(blob: bytes) -> Any:
+            init_worker()
+            return _call(blob)
+
+        self._remote = call
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], on_done: OnDone | None = None) -> list[R]:
+        if not items:
+            return []
+        if self._remote is None:
+            self._start()
+        import ray
+
+        refs = [self._remote.remote(cloudpickle.dumps((fn, item))) for item in items]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(items)
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                i = index[done[0]]
+                results[i] = ray.get(done[0])
+                if on_done:
+                    on_done(i, results[i])
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return results
+
+    def close(self) -> None:
+        if self._started_here:
+            import ray
+
+            ray.shutdown()
+        self._remote, self._started_here = None, False
+
+
+def make_executor(kind: str, workers: int, address: str | None = None) -> Executor:
+    if kind == "local":
+        if address is not None:
+            raise PGXError("--ray-address needs --executor ray")
+        return LocalExecutor(workers)
+    if kind == "ray":
+        return RayExecutor(workers, address)
+    raise PGXError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def map_local(fn: Callable[[T], R], items: Sequence[T], workers: int, on_done: OnDone | None = None) -> list[R]:
+    """One-off ``map`` on a local pool that is closed afterwards."""
+    with LocalExecutor(workers) as ex:
+        return ex.map(fn, items, on_done)

@@ -187,6 +187,8 @@ PROJECTORS = {"factored": FactoredProjector, "gaussian": GaussianProjector}
 def make_projector(kind: str, policy: ActorCritic, dim: int, seed: int) -> Projector:
     if kind not in PROJECTORS:
         raise ValueError(f"unknown projector {kind!r}; choose one of {sorted(PROJECTORS)}")
+    if policy.arch != "mlp":
+        raise ValueError(f"gradient features are defined for an mlp theta*, not {policy.arch!r}")
     return PROJECTORS[kind](policy, dim, seed)
 
 

@@ -104,8 +104,8 @@ def bench_surrogate(m: int = 1000, d: int = 400, rows_per_task: int = 2048, n_ta
 
     fam = make_family("cartpole", n_tasks=n_tasks, seed=seed)
     cfg = Config(seed=seed, estimate=EstimateConfig(transitions_per_task=rows_per_task, proj_dim=d))
-    pipe = Pipeline(fam, cfg, None, progress=False)
-    store = pipe.features(pipe.meta_policy())
+    with Pipeline(fam, cfg, None, progress=False) as pipe:
+        store = pipe.features(pipe.meta_policy())
     torch.set_num_threads(os.cpu_count() or 1)  # the pipeline runs PPO on one thread; solves use every core
     rng = np.random.default_rng(seed)
     subsets = sample_subsets(n_tasks, None, 10**9, m, rng)  # exactly m subsets (repeats allowed for small n)

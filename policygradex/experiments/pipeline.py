@@ -9,6 +9,7 @@ config.json guarantees it was made with the same settings).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import torch
 
 from policygradex import io
 from policygradex.cluster.sdp import Grouping, partition
-from policygradex.config import Config, PPOConfig
+from policygradex.config import AdaptConfig, Config, DownstreamConfig, PPOConfig
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.features import collect_features
@@ -29,23 +30,19 @@ from policygradex.estimate.projection import make_projector
 from policygradex.estimate.store import GradientStore
 from policygradex.estimate.subsets import sample_subsets
 from policygradex.estimate.surrogate import solve_subsets, subset_scores
-from policygradex.experiments.groupings import random_groups, single_group
+from policygradex.experiments.groupings import cosine_matrix, independent_groups, random_groups, route, single_group
 from policygradex.experiments.progress import StageProgress
 from policygradex.experiments.run_folder import RunFolder
-from policygradex.parallel import map_local
+from policygradex.parallel import Executor, make_executor
 from policygradex.rl.evaluate import evaluate
+from policygradex.rl.maml import adapt, train_maml
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
 from policygradex.rl.ppo import train_ppo
+from policygradex.seeds import derive_seed
 from policygradex.tasks.family import EnvFactory, TaskFamily
 
 A = TypeVar("A")
 K = TypeVar("K")
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """An independent, reproducible seed for one purpose (one stage, one group)."""
-    ints = [k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys]
-    return int(np.random.SeedSequence([seed, *ints]).generate_state(1)[0] % (2**31))
 
 
 @dataclass
@@ -76,23 +73,44 @@ class RunResult:
 
 @dataclass
 class GroupJob:
-    """One downstream unit: train a policy on a group's tasks, then evaluate it on each of them."""
+    """One downstream unit: train a policy on a group's tasks, then evaluate it on each of them (multi-task
+    protocol) or adapt it to each test task routed to the group and evaluate that (meta protocol)."""
 
     factories: list[EnvFactory]
     family: TaskFamily
     ppo: PPOConfig
+    downstream: DownstreamConfig
+    adapt: AdaptConfig
     seed: int
     eval_seed: int
-    eval_episodes: int
-    deterministic: bool
+    tests: list[tuple[int, int]] = field(default_factory=list)
+    """(test task index, its seed) of the test tasks to adapt to (meta protocol)."""
 
 
 def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
     start = time.perf_counter()
-    result = train_ppo(job.factories, job.family.observation_space, job.family.action_space, job.ppo, job.seed)
-    ev = evaluate(result.policy, job.factories, job.eval_episodes, job.eval_seed, deterministic=job.deterministic)
-    return {"returns": ev.returns.tolist(), "success": None if ev.success is None else ev.success.tolist(),
-            "curve": result.curve, "seconds": time.perf_counter() - start}
+    ds, fam = job.downstream, job.family
+    if ds.trainer == "maml":
+        result = train_maml(job.factories, fam.observation_space, fam.action_space, job.ppo, job.adapt, job.seed)
+    else:
+        ppo = job.ppo if ds.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
+        result = train_ppo(job.factories, fam.observation_space, fam.action_space, ppo, job.seed,
+                           arch="softmod" if ds.trainer == "softmod" else "mlp")
+    out: dict[str, Any] = {"curve": result.curve}
+    if ds.protocol == "multi-task":
+        ev = evaluate(result.policy, job.factories, ds.eval_episodes, job.eval_seed, ds.deterministic_eval)
+        out.update(returns=ev.returns.tolist(), success=None if ev.success is None else ev.success.tolist())
+    else:
+        out["test_returns"], out["test_success"] = {}, {}
+        for t, seed in job.tests:
+            factory = fam.test_tasks[t].make
+            adapted = adapt(result.policy, factory, job.adapt, job.ppo, seed)
+            ev = evaluate(adapted, [factory], ds.eval_episodes, seed, deterministic=ds.deterministic_eval)
+            out["test_returns"][str(t)] = float(ev.returns[0])
+            if ev.success is not None:
+                out["test_success"][str(t)] = float(ev.success[0])
+    out["seconds"] = time.perf_counter() - start
+    return out
 
 
 class Pipeline:
@@ -105,6 +123,17 @@ class Pipeline:
         self.progress = StageProgress(progress)
         self.seconds: dict[str, float] = self.folder.timings() if self.folder else {}
         self._inner_seconds = 0.0
+        self.executor: Executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
+        """Runs the independent items of every stage; its workers start at first use, ``close()`` ends them."""
+
+    def close(self) -> None:
+        self.executor.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- caching -------------------------------------------------------------------------------------
     def _stage(self, name: str, artifact: str, compute: Callable[[], A], save: Callable[[A, Path], None],
@@ -144,13 +173,12 @@ class Pipeline:
         est = self.cfg.estimate
 
         def compute(path: Path | None) -> GradientStore:
-            with self.progress.stage("2/5 gradient features", 1) as advance:
+            n = self.family.n_tasks
+            with self.progress.stage("2/5 gradient features", n) as advance:
                 projector = make_projector(est.projector, policy, est.proj_dim,
                                            derive_seed(self.cfg.seed, "projection"))
-                store = collect_features(policy, self.family, projector, est, self.cfg.meta,
-                                         derive_seed(self.cfg.seed, "features"), path)
-                advance(1)
-                return store
+                return collect_features(policy, self.family.factories(range(n)), projector, est, self.cfg.meta,
+                                        derive_seed(self.cfg.seed, "features"), path, self.executor, advance)
 
         path = self.folder / "store" if self.folder else None
         return self._stage("features", "store/meta.json", lambda: compute(path), lambda store, p: None,
@@ -201,32 +229,79 @@ class Pipeline:
         return self._stage("group", "groups.json", compute, save, load)
 
     # -- stages 5-6 ----------------------------------------------------------------------------------
-    def groupings(self, grouping: Grouping) -> dict[str, list[list[int]]]:
-        n = self.family.n_tasks
+    def groupings(self, grouping: Grouping, affinity: np.ndarray) -> dict[str, list[list[int]]]:
+        """PolicyGradEx's groups, its fixed-k variants (``ablate_k``) and the baselines, as task indices."""
+        n, ds, c = self.family.n_tasks, self.cfg.downstream, self.cfg.cluster
         out = {"policygradex": grouping.groups}
-        if "single" in self.cfg.downstream.baselines:
-            out["single"] = single_group(n)
-        if "random" in self.cfg.downstream.baselines:
-            out["random"] = random_groups(n, grouping.k, np.random.default_rng(derive_seed(self.cfg.seed, "random")))
+        for k in ds.ablate_k:
+            if k > n:
+                raise PGXError(f"ablate_k asks for {k} groups of {n} tasks; choose k between 1 and {n}")
+            out[f"policygradex-k{k}"] = partition(affinity, k, c.trace_penalty, c.sdp_solver,
+                                                  derive_seed(self.cfg.seed, "group")).groups
+        k = grouping.k
+        for name in ds.baselines:
+            if name == "single":
+                out[name] = single_group(n)
+            elif name == "random":
+                out[name] = random_groups(n, k, np.random.default_rng(derive_seed(self.cfg.seed, "random")))
+            elif name == "independent":
+                out[name] = independent_groups(n)
+            elif name == "gradient-similarity":
+                sim = cosine_matrix(self.features(self.meta_policy()).stats.b.numpy())
+                seed = derive_seed(self.cfg.seed, "gradsim")
+                out[name] = partition(sim, k, c.trace_penalty, c.sdp_solver, seed).groups
         return out
+
+    def test_gradients(self) -> np.ndarray:
+        """(test tasks, d): each test task's projected policy gradient at theta*, what routing reads."""
+        est, adapt_cfg = self.cfg.estimate, self.cfg.adapt
+        n_tests = len(self.family.test_tasks)
+        if n_tests < adapt_cfg.test_tasks:
+            raise PGXError(f"the meta protocol evaluates {adapt_cfg.test_tasks} held-out test tasks but family "
+                           f"{self.family.name!r} has {n_tests}; lower --adapt-test-tasks or use "
+                           "--downstream-protocol multi-task")
+
+        def compute() -> np.ndarray:
+            policy = self.meta_policy()
+            projector = make_projector(est.projector, policy, est.proj_dim, derive_seed(self.cfg.seed, "projection"))
+            factories = [t.make for t in self.family.test_tasks[:adapt_cfg.test_tasks]]
+            route_cfg = dataclasses.replace(est, transitions_per_task=adapt_cfg.route_steps)
+            store = collect_features(policy, factories, projector, route_cfg, self.cfg.meta,
+                                     derive_seed(self.cfg.seed, "route"), executor=self.executor)
+            return store.stats.b.numpy()
+
+        return self._stage("route", "test_gradients.npy", compute, lambda v, p: io.write_npy(p, v), np.load)
 
     def downstream(self, groupings: dict[str, list[list[int]]]) -> dict[str, dict[str, Any]]:
         """Train one policy per distinct group (a group shared by two groupings trains once), evaluate."""
         ds, names = self.cfg.downstream, self.family.task_names
-        units = sorted({tuple(g) for groups in groupings.values() for g in groups}, key=lambda g: -len(g))
+        routes: dict[str, list[int]] = {}
+        tests_of: dict[tuple[int, ...], list[int]] = {}
+        if ds.protocol == "meta":
+            train_b = self.features(self.meta_policy()).stats.b.numpy()
+            test_b = self.test_gradients()
+            for name, groups in groupings.items():
+                routes[name] = route(test_b, train_b, groups)
+                for t, g in enumerate(routes[name]):
+                    tests_of.setdefault(tuple(groups[g]), []).append(t)
+        keys = sorted({(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), [])))))
+                       for groups in groupings.values() for g in groups}, key=lambda u: -len(u[0]))
         start = time.perf_counter()
         results, done = self.units(
-            "4/5 train groups", units, self._unit_path, train_and_evaluate,
-            lambda u: GroupJob(self.family.factories(u), self.family, self.cfg.train,
-                               derive_seed(self.cfg.seed, "group", ",".join(map(str, u))),
-                               derive_seed(self.cfg.seed, "eval", ",".join(map(str, u))), ds.eval_episodes,
-                               ds.deterministic_eval),
-            weight=len)
+            "4/5 train groups", keys, self._unit_path, train_and_evaluate,
+            lambda u: GroupJob(self.family.factories(u[0]), self.family, self.cfg.train, ds, self.cfg.adapt,
+                               derive_seed(self.cfg.seed, "group", ",".join(map(str, u[0]))),
+                               derive_seed(self.cfg.seed, "eval", ",".join(map(str, u[0]))),
+                               [(t, derive_seed(self.cfg.seed, "test", t)) for t in u[1]]),
+            weight=lambda u: len(u[0]))
         if done:
             self.seconds["downstream"] = time.perf_counter() - start + self.seconds.get("downstream", 0.0)
             if self.folder:
                 self.folder.record_time("downstream", self.seconds["downstream"])
-        return {name: _grouping_result(groups, results, names) for name, groups in groupings.items()}
+        by_group = {u[0]: res for u, res in results.items()}
+        test_names = [t.name for t in self.family.test_tasks]
+        return {name: _grouping_result(groups, by_group, names, routes.get(name), test_names)
+                for name, groups in groupings.items()}
 
     def units(self, label: str, keys: list[K], path_of: Callable[[K], Path | None], fn: Callable[[Any], dict],
               job_of: Callable[[K], Any], weight: Callable[[K], int] = lambda key: 1) -> tuple[dict[K, dict], int]:
@@ -249,21 +324,30 @@ class Pipeline:
                     io.write_json(path, res)
                 advance(weight(todo[i]))
 
-            map_local(fn, [job_of(k) for k in todo], self.cfg.workers, done)
+            self.executor.map(fn, [job_of(k) for k in todo], done)
         return results, len(todo)
 
-    def _unit_path(self, unit: tuple[int, ...]) -> Path | None:
-        return self.folder / f"downstream/group-{'-'.join(map(str, unit))}.json" if self.folder else None
+    def _unit_path(self, unit: tuple[tuple[int, ...], tuple[int, ...]]) -> Path | None:
+        """downstream/group-0-3-4.json; with test tasks routed to it, a checksum of their list is appended."""
+        if self.folder is None:
+            return None
+        tests = f".tests-{zlib.crc32(repr(unit[1]).encode()):08x}" if unit[1] else ""
+        return self.folder / f"downstream/group-{'-'.join(map(str, unit[0]))}{tests}.json"
 
     # -- everything ----------------------------------------------------------------------------------
     def run(self) -> RunResult:
+        """Every stage, then the report; the executor's workers are released at the end."""
+        with self:
+            return self._run()
+
+    def _run(self) -> RunResult:
         total_start = time.perf_counter()
         est = self.estimate()
         grouping = self.group(est.affinity)
         self.progress.note(f"groups ({grouping.method}, k={grouping.k}): "
                            + "  ".join("{" + ", ".join(self.family.task_names[i] for i in g) + "}"
                                        for g in grouping.groups))
-        results = self.downstream(self.groupings(grouping))
+        results = self.downstream(self.groupings(grouping, est.affinity))
         metrics = {
             "family": self.family.spec,
             "task_names": self.family.task_names,
@@ -275,6 +359,10 @@ class Pipeline:
                          "nmi_true": None if self.family.true_groups is None
                          else nmi(self.family.true_groups, grouping.groups, self.family.n_tasks)},
             "budget_steps_per_task": {"meta": self.cfg.meta.steps_per_task, "train": self.cfg.train.steps_per_task},
+            "trainer": self.cfg.downstream.trainer,
+            "evaluated_on": (f"{self.cfg.adapt.test_tasks} held-out test tasks, each adapted for "
+                             f"{self.cfg.adapt.steps} environment steps from the policy of the group it is routed to"
+                             if self.cfg.downstream.protocol == "meta" else "the training tasks"),
             "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "run_seconds_this_call": round(time.perf_counter() - total_start, 2),
             "groupings": results,
@@ -301,26 +389,35 @@ def nmi(groups_a: list[list[int]], groups_b: list[list[int]], n: int) -> float:
     return float(normalized_mutual_info_score(labels[0], labels[1]))
 
 
-def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]],
-                     names: list[str]) -> dict[str, Any]:
+def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]], names: list[str],
+                     routes: list[int] | None = None, test_names: list[str] | None = None) -> dict[str, Any]:
+    """Per-task results of one grouping: its training tasks (multi-task protocol) or, with ``routes`` (the group
+    each test task went to), the adapted test tasks (meta protocol)."""
     per_task: dict[str, float] = {}
     success: dict[str, float] = {}
-    curves = []
-    for g in groups:
-        res = results[tuple(g)]
-        per_task.update({names[i]: float(r) for i, r in zip(g, res["returns"], strict=True)})
-        if res.get("success") is not None:
-            success.update({names[i]: float(r) for i, r in zip(g, res["success"], strict=True)})
-        curves.append(res["curve"])
+    if routes is None:
+        for g in groups:
+            res = results[tuple(g)]
+            per_task.update({names[i]: float(r) for i, r in zip(g, res["returns"], strict=True)})
+            if res.get("success") is not None:
+                success.update({names[i]: float(r) for i, r in zip(g, res["success"], strict=True)})
+    else:
+        for t, g in enumerate(routes):
+            res = results[tuple(groups[g])]
+            per_task[test_names[t]] = res["test_returns"][str(t)]
+            if str(t) in res.get("test_success", {}):
+                success[test_names[t]] = res["test_success"][str(t)]
     out = {
         "groups": [[names[i] for i in g] for g in groups],
         "k": len(groups),
-        "per_task": {n: per_task[n] for n in names if n in per_task},
+        "per_task": per_task,
         "mean": float(np.mean(list(per_task.values()))),
-        "curve": _mean_curve(curves),
+        "curve": _mean_curve([results[tuple(g)]["curve"] for g in groups]),
     }
+    if routes is not None:
+        out["routed"] = [routes.count(j) for j in range(len(groups))]
     if success:
-        out["per_task_success"] = {n: success[n] for n in names if n in success}
+        out["per_task_success"] = success
         out["success_rate"] = float(np.mean(list(success.values())))
     return out
 

@@ -15,7 +15,22 @@ from policygradex.io import atomic_write, read_json, write_text
 
 Block = tuple[str, Any]  # ("h1" | "h2" | "p" | "table" | "img", payload)
 
-LABELS = {"policygradex": "PolicyGradEx", "single": "single (k=1)", "random": "random (same k)"}
+LABELS = {"policygradex": "PolicyGradEx", "single": "single (k=1, multi-task)", "random": "random (same k)",
+          "gradient-similarity": "gradient similarity (same k)", "independent": "independent (k=n)"}
+
+PAPER_MAIN = {  # the paper's main table (PAPER_NOTES.txt): Meta-World success %, control-task returns
+    "metaworld-mt10": {"single": 71.3, "random": 58.2, "gradient-similarity": 69.6, "policygradex": 94.0},
+    "cartpole": {"single": 145.9, "random": 144.1, "gradient-similarity": 142.0, "policygradex": 159.2},
+    "highway": {"single": 140.0, "random": 143.4, "gradient-similarity": 135.6, "policygradex": 153.5},
+    "lunar_lander": {"single": 53.8, "random": 73.1, "gradient-similarity": 80.8, "policygradex": 82.8},
+}
+PAPER_K = {1: 71.0, 2: 89.5, 3: 94.0, 4: 95.1}  # Meta-World success % against k (approximate for k = 1)
+
+
+def label(method: str) -> str:
+    if method.startswith("policygradex-k"):
+        return f"PolicyGradEx, k = {method.rsplit('k', 1)[1]}"
+    return LABELS.get(method, method)
 
 
 def _fmt(x: float | None) -> str:
@@ -23,9 +38,9 @@ def _fmt(x: float | None) -> str:
 
 
 def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
-    names = metrics["task_names"]
     groupings = metrics["groupings"]
     methods = list(groupings)
+    names = list(groupings["policygradex"]["per_task"])  # training tasks, or test tasks (meta protocol)
     pgx = groupings["policygradex"]
     base = groupings.get("single")
     blocks: list[Block] = [
@@ -37,22 +52,23 @@ def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
          f"NMI against the family's true grouping: {metrics['grouping']['nmi_true']:.3f}"),
         ("h2", "Results"),
         ("p", f"Mean evaluation return per task after {metrics['budget_steps_per_task']['train']:,} environment "
-              "steps per task for every grouping (one policy per group)."),
+              f"steps per training task for every grouping (one policy per group, trainer "
+              f"{metrics.get('trainer', 'ppo')}); evaluated on {metrics.get('evaluated_on', 'the training tasks')}."),
     ]
     has_success = all("success_rate" in groupings[m] for m in methods)
     rows = []
     for m in methods:
         gain = "" if base is None or m == "single" else f"{100 * (groupings[m]['mean'] / base['mean'] - 1):+.1f}%"
         success = [f"{100 * groupings[m]['success_rate']:.1f}%"] if has_success else []
-        rows.append([LABELS.get(m, m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), gain, *success])
+        rows.append([label(m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), gain, *success])
     header = ["grouping", "k", "mean return", "vs single"] + (["success rate"] if has_success else [])
     blocks.append(("table", (header, rows)))
     per_task = [[n] + [_fmt(groupings[m]["per_task"].get(n)) for m in methods] for n in names]
-    blocks.append(("table", (["task"] + [LABELS.get(m, m) for m in methods], per_task)))
+    blocks.append(("table", (["task"] + [label(m) for m in methods], per_task)))
     if has_success:
         blocks.append(("p", "Success rate per task:"))
         rows = [[n] + [f"{100 * groupings[m]['per_task_success'][n]:.0f}%" for m in methods] for n in names]
-        blocks.append(("table", (["task"] + [LABELS.get(m, m) for m in methods], rows)))
+        blocks.append(("table", (["task"] + [label(m) for m in methods], rows)))
     blocks += [("img", f) for f in figures]
     est = metrics["estimate"]
     blocks += [
@@ -136,14 +152,15 @@ def plot_affinity(path: Path, affinity: np.ndarray, names: list[str], groups: li
 def plot_returns(path: Path, metrics: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
-    names, groupings = metrics["task_names"], metrics["groupings"]
+    groupings = metrics["groupings"]
+    names = list(groupings["policygradex"]["per_task"])
     labels = names + ["mean"]
     width = 0.8 / len(groupings)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(labels)), 3.6))
     for j, (m, res) in enumerate(groupings.items()):
         vals = [res["per_task"].get(n) or 0.0 for n in names] + [res["mean"]]
         ax.bar(np.arange(len(labels)) + (j - (len(groupings) - 1) / 2) * width, vals, width,
-               label=f"{LABELS.get(m, m)}: {res['mean']:.1f}")
+               label=f"{label(m)}: {res['mean']:.1f}")
     ax.set_xticks(range(len(labels)), labels, rotation=60)
     ax.set_ylabel("evaluation return")
     ax.set_title("Per-task return by grouping (equal steps per task)")
@@ -151,17 +168,17 @@ def plot_returns(path: Path, metrics: dict[str, Any]) -> None:
     _save(fig, path)
 
 
-def plot_curves(path: Path, metrics: dict[str, Any]) -> None:
+def plot_curves(path: Path, curves: dict[str, list], title: str = "Learning curves") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    for m, res in metrics["groupings"].items():
-        curve = np.array([[x, np.nan if y is None else y] for x, y in res["curve"]], dtype=float)
+    for m, points in curves.items():
+        curve = np.array([[x, np.nan if y is None else y] for x, y in points], dtype=float)
         if len(curve):
-            ax.plot(curve[:, 0], curve[:, 1], label=LABELS.get(m, m))
+            ax.plot(curve[:, 0], curve[:, 1], label=label(m))
     ax.set_xlabel("environment steps per task")
     ax.set_ylabel("training episode return (task mean)")
-    ax.set_title("Learning curves")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -230,6 +247,64 @@ def plot_approx(path: Path, approx: dict[str, Any]) -> None:
     _save(fig, path)
 
 
+def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
+    """The main-results table (mean +- std over seeds, gain of PolicyGradEx), the paper's row, the k ablation."""
+    from policygradex.experiments.compare import MAIN
+
+    methods, metric = results["methods"], results["metric"]
+    paper = PAPER_MAIN.get(results["family"], {})
+    unit = "%" if metric.startswith("success") else ""
+
+    def cell(m: str) -> str:
+        return f"{methods[m]['mean']:.1f}{unit} ± {methods[m]['std']:.1f}"
+
+    rows = []
+    for m in [m for m in MAIN if m in methods]:
+        gain = results["gains"].get(m)
+        rows.append([label(m), "/".join(sorted({str(k) for k in methods[m]["k"]})), cell(m),
+                     "" if gain is None else f"{gain:+.1f}%", f"{paper[m]:.1f}{unit}" if m in paper else ""])
+    seeds = results["seeds"]
+    blocks: list[Block] = [
+        ("h1", f"policygradex compare: {results['family']}"),
+        ("p", f"{metric.capitalize()} per task, mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
+              f"every grouping trained with {results['budget_steps_per_task']:,} environment steps per task "
+              f"(trainer {results['trainer']}), theta* with {results['meta_budget_steps_per_task']:,}; evaluated on "
+              f"{results['evaluated_on']}. Gain = PolicyGradEx relative to the row. The paper's numbers come from "
+              "its own (larger) budgets and are beside ours for reference, not as a like-for-like comparison."),
+        ("table", (["grouping", "k", metric, "PolicyGradEx gain", "paper"], rows)),
+    ]
+    ks = sorted((m for m in methods if m.startswith("policygradex-k")), key=lambda m: int(m.rsplit("k", 1)[1]))
+    if ks:
+        rows = [[m.rsplit("k", 1)[1], cell(m), f"{PAPER_K[int(m.rsplit('k', 1)[1])]:.1f}%"
+                 if int(m.rsplit("k", 1)[1]) in PAPER_K else ""] for m in ks]
+        blocks += [("h2", "Ablation: number of groups k"),
+                   ("p", "PolicyGradEx's affinity partitioned into exactly k groups (paper: Meta-World success rate)."),
+                   ("table", (["k", metric, "paper (Meta-World)"], rows))]
+    tasks = list(methods["policygradex"]["per_task"])
+    shown = [m for m in MAIN if m in methods]
+    blocks += [("h2", "Per task (mean over seeds)"),
+               ("table", (["task"] + [label(m) for m in shown],
+                          [[t] + [_fmt(methods[m]["per_task"].get(t)) for m in shown] for t in tasks]))]
+    blocks += [("img", f) for f in figures]
+    return blocks
+
+
+def write_compare_report(out: Path) -> None:
+    """report.md, report.html and figures/curves.png of a ``compare`` folder, from its results.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from policygradex.experiments.compare import MAIN
+
+    results = read_json(out / "results.json")
+    figure = "figures/curves.png"
+    plot_curves(out / figure, {m: results["methods"][m]["curve"] for m in MAIN if m in results["methods"]},
+                f"Learning curves, mean over {len(results['seeds'])} seeds")
+    blocks = compare_blocks(results, [figure])
+    write_text(out / "report.md", to_markdown(blocks))
+    write_text(out / "report.html", to_html(blocks))
+
+
 def write_report(out: Path) -> None:
     """Render report.md and report.html from whatever the run folder holds."""
     import matplotlib
@@ -242,7 +317,7 @@ def write_report(out: Path) -> None:
         plot_affinity(out / figures[0], np.load(out / "affinity.npy"), metrics["task_names"],
                       metrics["groupings"]["policygradex"]["groups"])
         plot_returns(out / figures[1], metrics)
-        plot_curves(out / figures[2], metrics)
+        plot_curves(out / figures[2], {m: g["curve"] for m, g in metrics["groupings"].items()})
         blocks = build_blocks(metrics, figures)
     else:
         blocks = [("h1", f"policygradex validation: {out.name}")]

@@ -233,13 +233,13 @@ def validate_ablate(pipe: Pipeline) -> dict[str, Any]:
     rows = []
     with pipe.progress.stage("ablation", len(variants)) as advance:
         for name, value, variant in variants:
-            sub = Pipeline(family, variant, None, progress=False)
-            start = time.perf_counter()
-            theta = policy if name != "depth" else sub.meta_policy()
-            meta_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            est = sub.estimate(theta)
-            groups = sub.group(est.affinity).groups
+            with Pipeline(family, variant, None, progress=False) as sub:
+                start = time.perf_counter()
+                theta = policy if name != "depth" else sub.meta_policy()
+                meta_seconds = time.perf_counter() - start
+                start = time.perf_counter()
+                est = sub.estimate(theta)
+                groups = sub.group(est.affinity).groups
             rows.append({"setting": name, "value": value, "m": int(len(est.subsets)), "k": len(groups),
                          "nmi": nmi(groups, reference, family.n_tasks),
                          "estimate_seconds": time.perf_counter() - start,
@@ -263,8 +263,8 @@ def run_study(study: str, family: TaskFamily, cfg: Config, out: str | Path, prog
     from policygradex.experiments.report import write_report
 
     fn, filename = STUDIES[study]
-    pipe = Pipeline(family, cfg, out, progress)
-    result = fn(pipe)
+    with Pipeline(family, cfg, out, progress) as pipe:
+        result = fn(pipe)
     io.write_json(pipe.folder / filename, result)
     write_report(pipe.folder.path)
     return result

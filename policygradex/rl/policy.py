@@ -1,7 +1,8 @@
-"""Task-conditioned actor-critic: separate MLPs for pi(a|s, task) and V(s, task), as in CleanRL's PPO.
+"""Task-conditioned actor-critic: separate networks for pi(a|s, task) and V(s, task), as in CleanRL's PPO.
 
-The actor is a plain ``nn.Sequential`` of ``Linear`` and ``Tanh`` layers: the gradient-feature code
-walks its ``Linear`` layers to build per-sample gradients without materialising them.
+Two architectures: ``mlp`` (the default, and always theta*'s) and ``softmod``, Soft Modularization (Yang et
+al. 2020). The mlp actor is a plain ``nn.Sequential`` of ``Linear`` and ``Tanh`` layers: the gradient-feature
+code walks its ``Linear`` layers to build per-sample gradients without materialising them.
 """
 
 from __future__ import annotations
@@ -31,22 +32,80 @@ def mlp(n_in: int, hidden: tuple[int, ...], n_out: int, out_gain: float) -> nn.S
     return nn.Sequential(*layers)
 
 
+class SoftModularNet(nn.Module):
+    """Soft Modularization (Yang et al. 2020): layers of ``n_modules`` small modules whose outputs are mixed,
+    layer to layer, by a routing network driven by the state and a task embedding.
+
+    Input is ``[obs, one-hot task]`` (what ``ActorCritic.inputs`` builds). With f = ReLU(W_s s) and a task
+    embedding e = W_e onehot, the router reads r = ReLU(W_r (f * e)) and emits, for each layer l >= 1, routing
+    weights p^l = softmax over the previous layer's modules (an m x m matrix per sample). Module j of layer l
+    sees sum_i p^l_ji h^{l-1}_i; the output head reads the mean of the last layer's modules.
+    """
+
+    def __init__(self, obs_dim: int, n_tasks: int, n_out: int, width: int, n_layers: int, out_gain: float,
+                 n_modules: int = 4) -> None:
+        super().__init__()
+        self.obs_dim, self.n_modules, self.n_layers = obs_dim, n_modules, n_layers
+        self.state = _layer(obs_dim, width, np.sqrt(2))
+        self.embed = nn.Linear(n_tasks, width, bias=False)
+        self.router = _layer(width, width, np.sqrt(2))
+        self.routes = nn.ModuleList(_layer(width, n_modules * n_modules, 0.01) for _ in range(n_layers - 1))
+        # modules[l] holds the weights of layer l's m modules as one (m, width, width) tensor
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(n_modules, width, width)) for _ in range(n_layers))
+        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(n_modules, width)) for _ in range(n_layers))
+        for w in self.weights:
+            for j in range(n_modules):
+                nn.init.orthogonal_(w.data[j], np.sqrt(2))
+        self.head = _layer(width, n_out, out_gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        obs, task = x[..., :self.obs_dim], x[..., self.obs_dim:]
+        f = torch.relu(self.state(obs))
+        r = torch.relu(self.router(f * self.embed(task)))
+        h = torch.relu(torch.einsum("...i,mio->...mo", f, self.weights[0]) + self.biases[0])  # (..., m, width)
+        for layer in range(1, self.n_layers):
+            p = self.routes[layer - 1](r).unflatten(-1, (self.n_modules, self.n_modules)).softmax(-1)
+            mixed = p @ h  # (..., m, m) @ (..., m, width): module j's input is sum_i p_ji h_i
+            h = torch.relu(torch.einsum("...mi,mio->...mo", mixed, self.weights[layer]) + self.biases[layer])
+        return self.head(h.mean(-2))
+
+
+ARCHS = ("mlp", "softmod")
+
+
 class ActorCritic(nn.Module):
-    """pi(a|s, task) and V(s, task) for Discrete (categorical) or Box (diagonal Gaussian) actions."""
+    """pi(a|s, task) and V(s, task) for Discrete (categorical) or Box (diagonal Gaussian) actions.
+
+    ``arch="softmod"`` builds actor and critic as Soft Modularization networks (task-conditioned only), one
+    layer of modules per entry of ``hidden_sizes`` (all of its first width).
+    """
 
     def __init__(self, obs_dim: int, action_space: gym.Space, n_tasks: int,
-                 hidden_sizes: tuple[int, ...] = (64, 64), task_conditioned: bool = True) -> None:
+                 hidden_sizes: tuple[int, ...] = (64, 64), task_conditioned: bool = True, arch: str = "mlp") -> None:
         super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
+        if arch == "softmod" and not task_conditioned:
+            raise ValueError("Soft Modularization routes by task: it needs a task-conditioned policy")
         self.obs_dim, self.n_tasks, self.task_conditioned = obs_dim, n_tasks, task_conditioned
-        self.hidden_sizes = tuple(hidden_sizes)
+        self.hidden_sizes, self.arch = tuple(hidden_sizes), arch
         self.action_space = action_space
         self.continuous = isinstance(action_space, gym.spaces.Box)
         n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
         n_in = obs_dim + (n_tasks if task_conditioned else 0)
-        self.actor = mlp(n_in, self.hidden_sizes, n_out, out_gain=0.01)
-        self.critic = mlp(n_in, self.hidden_sizes, 1, out_gain=1.0)
+        if arch == "softmod":
+            width, depth = self.hidden_sizes[0], len(self.hidden_sizes)
+            self.actor = SoftModularNet(obs_dim, n_tasks, n_out, width, depth, out_gain=0.01)
+            self.critic = SoftModularNet(obs_dim, n_tasks, 1, width, depth, out_gain=1.0)
+        else:
+            self.actor = mlp(n_in, self.hidden_sizes, n_out, out_gain=0.01)
+            self.critic = mlp(n_in, self.hidden_sizes, 1, out_gain=1.0)
         if self.continuous:
             self.log_std = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, obs: torch.Tensor, task: torch.Tensor) -> Distribution:
+        """pi(.|s, task); ``torch.func.functional_call`` calls this with adapted parameters (MAML)."""
+        return self.policy(obs, task)
 
     def inputs(self, obs: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Observation with a one-hot task id appended (when task-conditioned)."""
@@ -85,7 +144,7 @@ class ActorCritic(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         return {"obs_dim": self.obs_dim, "n_tasks": self.n_tasks, "hidden_sizes": list(self.hidden_sizes),
-                "task_conditioned": self.task_conditioned}
+                "task_conditioned": self.task_conditioned, "arch": self.arch}
 
 
 def save_policy(policy: ActorCritic, path) -> None:
@@ -98,6 +157,6 @@ def load_policy(path, action_space: gym.Space) -> ActorCritic:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     spec = blob["spec"]
     policy = ActorCritic(spec["obs_dim"], action_space, spec["n_tasks"], tuple(spec["hidden_sizes"]),
-                         spec["task_conditioned"])
+                         spec["task_conditioned"], spec.get("arch", "mlp"))
     policy.load_state_dict(blob["state_dict"])
     return policy

@@ -61,18 +61,19 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
 
 def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
-              task_ids: Sequence[int] | None = None) -> TrainResult:
+              task_ids: Sequence[int] | None = None, arch: str = "mlp") -> TrainResult:
     """Train one policy on the tasks behind ``factories``.
 
     By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in
-    place) and ``task_ids``, each factory's task index in that policy's task space.
+    place) and ``task_ids``, each factory's task index in that policy's task space. ``arch`` picks the
+    network of a new policy ('mlp' or 'softmod', see policy.py).
     """
     n_tasks = len(factories)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     if policy is None:
         policy = ActorCritic(observation_space.shape[0], action_space, n_tasks, cfg.hidden_sizes,
-                             cfg.task_conditioned)
+                             cfg.task_conditioned, arch)
     ids = np.asarray(task_ids if task_ids is not None else range(n_tasks))
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     local = np.repeat(np.arange(n_tasks), cfg.envs_per_task)

@@ -29,24 +29,32 @@ class FamilyInfo:
     """Config overrides on top of ``Config.quick()`` for ``--quick``."""
 
 
+# The paper's protocols: Meta-World is multi-task RL with Soft Modularization, evaluated on its training
+# tasks; the control families are meta-RL with MAML, evaluated on held-out test tasks after adaptation.
+_MW = {"downstream": {"trainer": "softmod", "protocol": "multi-task"}}
+_META_RL = {"downstream": {"trainer": "maml", "protocol": "meta"}}
 _MW_DEFAULTS = {"meta": {"steps_per_task": 100_000, "num_steps": 500},
-                "train": {"steps_per_task": 100_000, "num_steps": 500}}
+                "train": {"steps_per_task": 100_000, "num_steps": 500}, **_MW}
 _MW_QUICK = {"meta": {"steps_per_task": 1_000, "num_steps": 500}, "train": {"steps_per_task": 500, "num_steps": 500},
-             "downstream": {"eval_episodes": 1}}
+             "downstream": {**_MW["downstream"], "eval_episodes": 1}}
 _SLOW_QUICK = {"meta": {"steps_per_task": 128}, "train": {"steps_per_task": 64},
-               "estimate": {"transitions_per_task": 64}, "downstream": {"eval_episodes": 1}}
+               "estimate": {"transitions_per_task": 64},
+               "downstream": {**_META_RL["downstream"], "eval_episodes": 1}, "adapt": {"steps": 32, "route_steps": 32}}
 
 FAMILIES: dict[str, FamilyInfo] = {
     "cartpole": FamilyInfo(
         lambda name, n, seed: cartpole.make_family(n or 10, seed),
         "CartPole-v1 physics variants, some with reversed force direction",
         describe_ranges(cartpole.RANGES) + f"; reversed force in {cartpole.REVERSED_FRACTION:.0%} of tasks",
+        defaults=_META_RL,
+        quick=_META_RL,
     ),
     "lunar_lander": FamilyInfo(
         lambda name, n, seed: lunar_lander.make_family(n or 10, seed),
         "LunarLander-v3 (discrete) variants",
         describe_ranges(lunar_lander.RANGES),
-        defaults={"meta": {"steps_per_task": 100_000}, "train": {"steps_per_task": 100_000}},
+        defaults={"meta": {"steps_per_task": 100_000}, "train": {"steps_per_task": 100_000}, **_META_RL},
+        quick=_META_RL,
     ),
     "highway": FamilyInfo(
         lambda name, n, seed: highway.make_family(n or 10, seed),
@@ -55,7 +63,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         extra="highway",
         defaults={"meta": {"steps_per_task": 4_000, "num_steps": 64},
                   "train": {"steps_per_task": 4_000, "num_steps": 64},
-                  "estimate": {"transitions_per_task": 512}, "downstream": {"eval_episodes": 5}},
+                  "estimate": {"transitions_per_task": 512},
+                  "downstream": {**_META_RL["downstream"], "eval_episodes": 5}},
         quick=_SLOW_QUICK,
     ),
     "metaworld-mt10": FamilyInfo(
@@ -79,6 +88,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         "a mo-gymnasium env, tasks = reward weightings, e.g. " + ", ".join(f"mo:{e}" for e in multi_objective.EXAMPLES),
         "weight vector over the objectives, uniform on the simplex",
         extra="mo",
+        defaults=_META_RL,
         quick=_SLOW_QUICK,
     ),
     "planted": FamilyInfo(

@@ -1,0 +1,125 @@
+"""``policygradex compare``: every grouping at an equal step budget per task, over several seeds, in one table
+(the paper's main results), with the k ablation and learning curves.
+
+DIR/seed-S/ is a complete run folder per seed (resumable on its own); DIR/results.json aggregates them:
+``{"family", "budget_steps_per_task", "seeds", "metric", "methods": {name: {"mean", "std", "per_task",
+"per_seed", "k"}}, "gains": {baseline: percent}}``, and DIR/report.{md,html} shows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from policygradex import io
+from policygradex.config import GROUPINGS, Config
+from policygradex.errors import PGXError
+from policygradex.experiments.pipeline import Pipeline
+from policygradex.experiments.progress import StageProgress
+from policygradex.experiments.run_folder import RunFolder
+from policygradex.parallel import make_executor
+from policygradex.tasks.family import TaskFamily
+
+ABLATE_K = (1, 2, 3, 4)
+MAIN = ("single", "random", "gradient-similarity", "independent", "policygradex")
+"""Methods of the main table; the policygradex-kK rows form the k ablation."""
+
+
+def compare_config(cfg: Config, n_tasks: int) -> Config:
+    """``cfg`` with every baseline grouping and the k ablation (k <= n) switched on."""
+    ks = tuple(k for k in (cfg.downstream.ablate_k or ABLATE_K) if k <= n_tasks)
+    return dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, baselines=GROUPINGS, ablate_k=ks))
+
+
+@dataclass
+class SeedJob:
+    """One seed of a comparison: a whole pipeline run in its own folder."""
+
+    family: TaskFamily
+    cfg: Config
+    out: Path
+    progress: bool
+
+
+def run_seed(job: SeedJob) -> dict[str, Any]:
+    return Pipeline(job.family, job.cfg, job.out, job.progress).run().metrics
+
+
+def compare(family: TaskFamily, cfg: Config, seeds: int, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run the pipeline for seeds cfg.seed .. cfg.seed + seeds - 1 into DIR/seed-S and aggregate them.
+
+    With several workers the seeds are the executor's items (each seed's pipeline then runs in one process):
+    whole runs in parallel keep every worker busy, the serial meta-training included."""
+    from policygradex.experiments.report import write_compare_report
+
+    if seeds < 1:
+        raise PGXError(f"--seeds must be at least 1, got {seeds}")
+    cfg = compare_config(cfg, family.n_tasks)
+    folder = RunFolder.open(out, io.jsonable({"family": family.spec, "config": {**cfg.identity(), "seed": None}}))
+    seed_list = list(range(cfg.seed, cfg.seed + seeds))
+    if seeds > 1 and (cfg.workers > 1 or cfg.executor == "ray"):
+        inner = {"workers": 1, "executor": "local", "ray_address": None}
+        jobs = [SeedJob(family, dataclasses.replace(cfg, seed=s, **inner), folder / f"seed-{s}", False)
+                for s in seed_list]
+        with make_executor(cfg.executor, cfg.workers, cfg.ray_address) as executor, \
+                StageProgress(progress).stage(f"compare: {seeds} seeds on {cfg.workers} workers", seeds) as advance:
+            runs = executor.map(run_seed, jobs, lambda i, r: advance(1))
+    else:
+        runs = [run_seed(SeedJob(family, dataclasses.replace(cfg, seed=s), folder / f"seed-{s}", progress))
+                for s in seed_list]
+    results = aggregate(runs, family.name, cfg)
+    io.write_json(folder / "results.json", results)
+    write_compare_report(folder.path)
+    return results
+
+
+def aggregate(runs: list[dict[str, Any]], family: str, cfg: Config) -> dict[str, Any]:
+    """Mean and spread over seeds of each grouping's task-mean score (success rate in % where the env reports
+    success, else return)."""
+    use_success = all("success_rate" in g for r in runs for g in r["groupings"].values())
+    key, per_task_key = ("success_rate", "per_task_success") if use_success else ("mean", "per_task")
+    scale = 100.0 if use_success else 1.0
+    methods: dict[str, Any] = {}
+    for name in runs[0]["groupings"]:
+        per_seed = [scale * r["groupings"][name][key] for r in runs]
+        tasks = runs[0]["groupings"][name][per_task_key]
+        methods[name] = {
+            "mean": float(np.mean(per_seed)),
+            "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
+            "per_task": {t: float(np.mean([scale * r["groupings"][name][per_task_key][t] for r in runs]))
+                         for t in tasks},
+            "per_seed": per_seed,
+            "k": [r["groupings"][name]["k"] for r in runs],
+            "groups": [r["groupings"][name]["groups"] for r in runs],
+            "curve": _mean_curves([r["groupings"][name]["curve"] for r in runs]),
+        }
+    pgx = methods["policygradex"]["mean"]
+    return {
+        "family": family,
+        "budget_steps_per_task": cfg.train.steps_per_task,
+        "seeds": [r["seed"] for r in runs],
+        "metric": "success rate (%)" if use_success else "return",
+        "protocol": cfg.downstream.protocol,
+        "trainer": cfg.downstream.trainer,
+        "evaluated_on": runs[0]["evaluated_on"],
+        "meta_budget_steps_per_task": cfg.meta.steps_per_task,
+        "methods": methods,
+        "gains": {m: 100.0 * (pgx - v["mean"]) / abs(v["mean"]) if v["mean"] else None
+                  for m, v in methods.items() if m in MAIN and m != "policygradex"},
+        "nmi_true": [r["grouping"]["nmi_true"] for r in runs],
+        "stage_seconds": [r["stage_seconds"] for r in runs],
+    }
+
+
+def _mean_curves(curves: list[list[list[float]]]) -> list[list[float]]:
+    """Pointwise mean over seeds of (step, value) curves on the same step grid."""
+    length = min(len(c) for c in curves)
+    out = []
+    for j in range(length):
+        vals = [c[j][1] for c in curves if c[j][1] is not None and c[j][1] == c[j][1]]
+        out.append([curves[0][j][0], float(np.mean(vals)) if vals else float("nan")])
+    return out

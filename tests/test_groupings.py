@@ -1,0 +1,70 @@
+"""Baseline groupings, test-task routing and Soft Modularization."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from policygradex.cluster.sdp import partition
+from policygradex.config import Config, ConfigError, DownstreamConfig, PPOConfig
+from policygradex.experiments.groupings import cosine_matrix, independent_groups, route
+from policygradex.rl.policy import ActorCritic, load_policy, save_policy
+from policygradex.rl.ppo import train_ppo
+from policygradex.tasks import make_family
+
+
+def _clustered(rng, sizes, d=20, noise=0.3):
+    centres = rng.normal(size=(len(sizes), d))
+    rows = [centres[c] + noise * rng.normal(size=d) for c, s in enumerate(sizes) for _ in range(s)]
+    return np.array(rows)
+
+
+def test_gradient_similarity_recovers_clusters_of_gradient_directions():
+    b = _clustered(np.random.default_rng(0), [3, 4, 3])
+    sim = cosine_matrix(b)
+    assert np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 0) and np.abs(sim).max() <= 1 + 1e-9
+    assert partition(sim, 3, 2.0).groups == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
+
+
+def test_route_sends_each_test_task_to_the_group_pointing_its_way():
+    rng = np.random.default_rng(1)
+    b = _clustered(rng, [3, 3, 3])
+    groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    tests = b[[7, 1, 4]] + 0.1 * rng.normal(size=(3, b.shape[1]))
+    assert route(tests, b, groups) == [2, 0, 1]
+    assert route(tests, b, [list(range(9))]) == [0, 0, 0]
+    assert independent_groups(3) == [[0], [1], [2]]
+
+
+def test_soft_modularization_routes_by_task_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    policy = ActorCritic(4, gym.spaces.Discrete(2), 3, (16, 16), arch="softmod")
+    obs = torch.randn(5, 4)
+    logits = [policy.actor(policy.inputs(obs, torch.full((5,), t))) for t in range(3)]
+    assert logits[0].shape == (5, 2) and not torch.allclose(logits[0], logits[1])
+    policy.actor(policy.inputs(obs, torch.zeros(5, dtype=torch.long))).sum().backward()
+    assert policy.actor.embed.weight.grad.abs().sum() > 0 and policy.actor.routes[0].weight.grad.abs().sum() > 0
+    save_policy(policy, tmp_path / "p.pt")
+    loaded = load_policy(tmp_path / "p.pt", gym.spaces.Discrete(2))
+    assert loaded.arch == "softmod"
+    assert torch.equal(loaded.actor(loaded.inputs(obs, torch.ones(5, dtype=torch.long))),
+                       policy.actor(policy.inputs(obs, torch.ones(5, dtype=torch.long))))
+    with pytest.raises(ValueError, match="task-conditioned"):
+        ActorCritic(4, gym.spaces.Discrete(2), 3, arch="softmod", task_conditioned=False)
+
+
+def test_ppo_trains_a_soft_modularization_policy():
+    fam = make_family("planted", n_tasks=4, seed=0)
+    cfg = PPOConfig(steps_per_task=3_072, envs_per_task=2, num_steps=64, hidden_sizes=(16, 16))
+    curve = train_ppo(fam.factories(range(4)), fam.observation_space, fam.action_space, cfg, 0, arch="softmod").curve
+    first, last = np.nanmean(curve[0][1]), np.nanmean(np.array([c[1] for c in curve[-3:]]))
+    assert last > first + 0.1
+
+
+def test_downstream_settings_are_checked():
+    with pytest.raises(ConfigError, match="trainer"):
+        DownstreamConfig(trainer="sac")
+    with pytest.raises(ConfigError, match="gradient-similarity"):
+        DownstreamConfig(baselines=("single", "kmeans"))
+    with pytest.raises(ConfigError, match="protocol meta"):
+        Config(downstream=DownstreamConfig(trainer="maml"))
