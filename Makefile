@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when it is missing
-# and install the package with every extra (highway-env, Meta-World, mo-gymnasium), so that every family runs.
+# and install the package with every extra (highway-env, Meta-World, mo-gymnasium, Ray), so that every family
+# runs and the Ray executor is tested.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

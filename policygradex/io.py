@@ -74,6 +74,12 @@ def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save through a buffer: a file named after its temporary name would record that name inside the
+    archive, and the same checkpoint would differ byte for byte between two runs."""
+    import io as _io
+
     import torch
 
-    atomic_write(path, lambda p: torch.save(obj, p))
+    buffer = _io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda p: p.write_bytes(buffer.getvalue()))

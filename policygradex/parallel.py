@@ -34,6 +34,23 @@ def init_worker() -> None:
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A killed parent (SIGKILL, SIGTERM) takes its workers with it (Linux): an orphaned worker would go on
+    writing artifacts of a run that a restarted command is writing too."""
+    import sys
+
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _call(blob: bytes) -> Any:

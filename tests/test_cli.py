@@ -129,3 +129,9 @@ def test_damaged_artifact_is_recomputed_with_a_warning(quick_run):
 
 def test_more_groups_than_tasks_is_a_one_line_error(tmp_path):
     _assert_clean_error(_run(["--out", str(tmp_path / "x"), *QUICK, "--k", "9"]), "between 1 and 4")
+
+
+@pytest.mark.parametrize("args,message", [(["--executor", "dask"], "executor must be one of local, ray"),
+                                          (["--ray-address", "10.0.0.1:6379"], "--ray-address needs --executor ray")])
+def test_bad_executor_settings_are_one_line_errors(tmp_path, args, message):
+    _assert_clean_error(_run(["--out", str(tmp_path / "x"), *QUICK, *args]), message)

@@ -110,9 +110,21 @@ def aggregate(runs: list[dict[str, Any]], family: str, cfg: Config) -> dict[str,
         "methods": methods,
         "gains": {m: 100.0 * (pgx - v["mean"]) / abs(v["mean"]) if v["mean"] else None
                   for m, v in methods.items() if m in MAIN and m != "policygradex"},
+        "differences": {m: pgx - v["mean"] for m, v in methods.items() if m in MAIN and m != "policygradex"},
+        "grouping_stability": _stability(runs),
         "nmi_true": [r["grouping"]["nmi_true"] for r in runs],
         "stage_seconds": [r["stage_seconds"] for r in runs],
     }
+
+
+def _stability(runs: list[dict[str, Any]]) -> float | None:
+    """Mean NMI between the PolicyGradEx groupings of every two seeds (1 = the same groups every time)."""
+    from policygradex.experiments.pipeline import nmi
+
+    names = runs[0]["task_names"]
+    labels = [[[names.index(t) for t in g] for g in r["groupings"]["policygradex"]["groups"]] for r in runs]
+    pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
+    return float(np.mean([nmi(a, b, len(names)) for a, b in pairs])) if pairs else None
 
 
 def _mean_curves(curves: list[list[list[float]]]) -> list[list[float]]:

@@ -137,15 +137,21 @@ class Pipeline:
 
     # -- caching -------------------------------------------------------------------------------------
     def _stage(self, name: str, artifact: str, compute: Callable[[], A], save: Callable[[A, Path], None],
-               load: Callable[[Path], A]) -> A:
+               load: Callable[[Path], A], sealed: str | None = None) -> A:
+        """The stage's value: loaded from ``artifact`` when it is there and matches its checksum (``sealed`` names
+        what the checksum covers, default the artifact), else computed, saved and sealed."""
         path = self.folder / artifact if self.folder else None
+        sealed = sealed or artifact
         if path is not None and path.exists():
-            try:
-                value = load(path)
-                self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
-                return value
-            except Exception as exc:  # truncated or corrupted: never used, recomputed
-                self.progress.warn(f"{path} is damaged ({type(exc).__name__}); recomputing it")
+            problem = self.folder.verify(sealed)
+            if problem is None:
+                try:
+                    value = load(path)
+                    self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
+                    return value
+                except Exception as exc:  # unreadable although sealed: never used, recomputed
+                    problem = f"is unreadable ({type(exc).__name__})"
+            self.progress.warn(f"{self.folder / sealed} {problem}; recomputing it")
         start, inner_before = time.perf_counter(), self._inner_seconds
         value = compute()
         # A stage may run the stages it depends on (surrogate -> features -> meta_train): keep its own time.
@@ -153,6 +159,7 @@ class Pipeline:
         self._inner_seconds += self.seconds[name]
         if path is not None:
             save(value, path)
+            self.folder.seal(sealed)
             self.folder.record_time(name, self.seconds[name])
         return value
 
@@ -182,7 +189,7 @@ class Pipeline:
 
         path = self.folder / "store" if self.folder else None
         return self._stage("features", "store/meta.json", lambda: compute(path), lambda store, p: None,
-                           lambda p: GradientStore.open(p.parent))
+                           lambda p: GradientStore.open(p.parent), sealed="store")
 
     # -- stage 3 -------------------------------------------------------------------------------------
     def estimate(self, policy: ActorCritic | None = None) -> AffinityResult:
@@ -312,9 +319,15 @@ class Pipeline:
         for key in keys:
             path = path_of(key)
             if path is not None and path.exists():
-                results[key] = io.read_json(path)
-            else:
-                todo.append(key)
+                problem = self.folder.verify(self._relative(path))
+                if problem is None:
+                    try:
+                        results[key] = io.read_json(path)
+                        continue
+                    except ValueError:
+                        problem = "is unreadable"
+                self.progress.warn(f"{path} {problem}; recomputing it")
+            todo.append(key)
         with self.progress.stage(label, sum(weight(k) for k in keys)) as advance:
             advance(sum(weight(k) for k in results))
 
@@ -322,10 +335,14 @@ class Pipeline:
                 results[todo[i]] = res
                 if (path := path_of(todo[i])) is not None:
                     io.write_json(path, res)
+                    self.folder.seal(self._relative(path))
                 advance(weight(todo[i]))
 
             self.executor.map(fn, [job_of(k) for k in todo], done)
         return results, len(todo)
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.folder.path).as_posix()
 
     def _unit_path(self, unit: tuple[tuple[int, ...], tuple[int, ...]]) -> Path | None:
         """downstream/group-0-3-4.json; with test tasks routed to it, a checksum of their list is appended."""
@@ -416,6 +433,7 @@ def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dic
     }
     if routes is not None:
         out["routed"] = [routes.count(j) for j in range(len(groups))]
+        out["routes"] = routes
     if success:
         out["per_task_success"] = success
         out["success_rate"] = float(np.mean(list(success.values())))

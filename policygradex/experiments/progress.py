@@ -39,4 +39,4 @@ class StageProgress:
 
     def warn(self, message: str) -> None:
         """Shown even without progress bars."""
-        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

@@ -260,17 +260,22 @@ def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
 
     rows = []
     for m in [m for m in MAIN if m in methods]:
-        gain = results["gains"].get(m)
+        gain, diff = results["gains"].get(m), results.get("differences", {}).get(m)
         rows.append([label(m), "/".join(sorted({str(k) for k in methods[m]["k"]})), cell(m),
-                     "" if gain is None else f"{gain:+.1f}%", f"{paper[m]:.1f}{unit}" if m in paper else ""])
+                     "" if gain is None else f"{gain:+.1f}% ({diff:+.1f})",
+                     f"{paper[m]:.1f}{unit}" if m in paper else ""])
     seeds = results["seeds"]
     blocks: list[Block] = [
         ("h1", f"policygradex compare: {results['family']}"),
         ("p", f"{metric.capitalize()} per task, mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
               f"every grouping trained with {results['budget_steps_per_task']:,} environment steps per task "
               f"(trainer {results['trainer']}), theta* with {results['meta_budget_steps_per_task']:,}; evaluated on "
-              f"{results['evaluated_on']}. Gain = PolicyGradEx relative to the row. The paper's numbers come from "
-              "its own (larger) budgets and are beside ours for reference, not as a like-for-like comparison."),
+              f"{results['evaluated_on']}. Gain = PolicyGradEx relative to the row (absolute difference in "
+              "brackets; a percentage of a baseline near zero or below it says little). The paper's numbers come "
+              "from its own (larger) budgets and are beside ours for reference, not as a like-for-like comparison."),
+        ("p", "" if results.get("grouping_stability") is None else
+              f"PolicyGradEx's groups across seeds: mean pairwise NMI {results['grouping_stability']:.2f} "
+              "(1 = the same groups from every seed's theta*)."),
         ("table", (["grouping", "k", metric, "PolicyGradEx gain", "paper"], rows)),
     ]
     ks = sorted((m for m in methods if m.startswith("policygradex-k")), key=lambda m: int(m.rsplit("k", 1)[1]))

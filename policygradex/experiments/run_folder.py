@@ -1,13 +1,18 @@
-"""The run folder: its identity (family + configuration), its artifacts and the stage wall times.
+"""The run folder: its identity (family + configuration), its artifacts, their checksums, stage wall times.
 
 A folder belongs to one family and one configuration, recorded in ``config.json`` when the run starts.
 Starting again with the same ones resumes: every stage whose artifact is there is loaded, not redone.
 Starting with different ones is refused, so nothing already there is overwritten.
+
+Every artifact is written under a temporary name and renamed, then *sealed*: its CRC-32 goes into
+``checksums.json``. An artifact is reused only when it still matches its checksum; one that does not (a
+truncated or damaged file, or one finished in the instant before a crash and never sealed) is recomputed.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,30 @@ from policygradex.io import read_json, write_json
 
 CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"
+CHECKSUMS_FILE = "checksums.json"
+LOCK_FILE = ".lock"
+
+
+_LOCKS: dict[str, int] = {}
+"""Run folders this process holds (path -> open lock file); the OS releases them when the process ends."""
+
+
+def _lock(path: Path) -> None:
+    """Hold the folder's lock for the rest of this process, or refuse: two processes writing one run folder
+    (a run started twice, or a killed run's stray worker) would overwrite each other's work in progress."""
+    import fcntl
+
+    key = str(path.resolve())
+    if key in _LOCKS:
+        return
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PGXError(f"run folder {path} is in use by another policygradex process; wait for it to finish or "
+                       "stop it, then run the same command again") from None
+    _LOCKS[key] = fd
 
 
 class RunFolder:
@@ -37,6 +66,9 @@ class RunFolder:
         if not os.access(path, os.W_OK | os.X_OK):
             raise PGXError(f"cannot write to --out {path}: permission denied; choose a writable folder")
         config_path = path / CONFIG_FILE
+        if not config_path.exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
+            raise PGXError(f"--out {path} is not empty and holds no policygradex run; choose a new or empty folder")
+        _lock(path)
         if config_path.exists():
             try:
                 before = read_json(config_path)
@@ -49,8 +81,6 @@ class RunFolder:
                     f"run folder {path} was made with a different configuration (changed: "
                     f"{'; '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}); "
                     "use a new --out, or the same settings to resume")
-        elif any(path.iterdir()):
-            raise PGXError(f"--out {path} is not empty and holds no policygradex run; choose a new or empty folder")
         else:
             try:
                 write_json(config_path, {"policygradex": version("policygradex"), **identity})
@@ -67,3 +97,40 @@ class RunFolder:
 
     def record_time(self, stage: str, seconds: float) -> None:
         write_json(self.path / TIMINGS_FILE, {**self.timings(), stage: round(seconds, 3)})
+
+    def seal(self, artifact: str) -> None:
+        """Record the checksum of ``artifact`` (a file or a folder, relative to the run folder)."""
+        sums = self._checksums()
+        sums[artifact] = checksum(self.path / artifact)
+        write_json(self.path / CHECKSUMS_FILE, sums)
+
+    def verify(self, artifact: str) -> str | None:
+        """None if ``artifact`` matches its recorded checksum, else what is wrong with it."""
+        expected = self._checksums().get(artifact)
+        if expected is None:
+            return "has no checksum (it was never sealed)"
+        if not (self.path / artifact).exists():
+            return "is missing"
+        if checksum(self.path / artifact) != expected:
+            return "does not match its checksum (truncated or damaged)"
+        return None
+
+    def _checksums(self) -> dict[str, str]:
+        p = self.path / CHECKSUMS_FILE
+        try:
+            return read_json(p) if p.exists() else {}
+        except ValueError:  # a damaged checksum file: every artifact counts as unsealed and is redone
+            return {}
+
+
+def checksum(path: Path, chunk: int = 1 << 22) -> str:
+    """CRC-32 of a file, or of a folder's files (names and contents, in name order), as 8 hex digits."""
+    crc = 0
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            crc = zlib.crc32(str(f.relative_to(path)).encode(), crc)
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                crc = zlib.crc32(block, crc)
+    return f"{crc:08x}"
