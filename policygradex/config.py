@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policygradex.errors import ConfigError
+from policygradex.parallel import EXECUTORS
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _positive(self, "workers")
-        _choice(self, "executor", ("local", "ray"))
+        _choice(self, "executor", EXECUTORS)
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError("--ray-address needs --executor ray")
         if self.downstream.trainer == "softmod" and not self.train.task_conditioned:

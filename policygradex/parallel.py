@@ -188,15 +188,8 @@ class RayExecutor(Executor):
 
 def make_executor(kind: str, workers: int, address: str | None = None) -> Executor:
     if kind == "local":
-        if address is not None:
-            raise PGXError("--ray-address needs --executor ray")
         return LocalExecutor(workers)
     if kind == "ray":
         return RayExecutor(workers, address)
     raise PGXError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
 
-
-def map_local(fn: Callable[[T], R], items: Sequence[T], workers: int, on_done: OnDone | None = None) -> list[R]:
-    """One-off ``map`` on a local pool that is closed afterwards."""
-    with LocalExecutor(workers) as ex:
-        return ex.map(fn, items, on_done)

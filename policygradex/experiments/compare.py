@@ -18,7 +18,7 @@ import numpy as np
 from policygradex import io
 from policygradex.config import GROUPINGS, Config
 from policygradex.errors import PGXError
-from policygradex.experiments.pipeline import Pipeline
+from policygradex.experiments.pipeline import Pipeline, mean_curve
 from policygradex.experiments.progress import StageProgress
 from policygradex.experiments.run_folder import RunFolder
 from policygradex.parallel import make_executor
@@ -95,7 +95,7 @@ def aggregate(runs: list[dict[str, Any]], family: str, cfg: Config) -> dict[str,
             "per_seed": per_seed,
             "k": [r["groupings"][name]["k"] for r in runs],
             "groups": [r["groupings"][name]["groups"] for r in runs],
-            "curve": _mean_curves([r["groupings"][name]["curve"] for r in runs]),
+            "curve": mean_curve([[[x, [y]] for x, y in r["groupings"][name]["curve"]] for r in runs]),
         }
     pgx = methods["policygradex"]["mean"]
     return {
@@ -126,12 +126,3 @@ def _stability(runs: list[dict[str, Any]]) -> float | None:
     pairs = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]]
     return float(np.mean([nmi(a, b, len(names)) for a, b in pairs])) if pairs else None
 
-
-def _mean_curves(curves: list[list[list[float]]]) -> list[list[float]]:
-    """Pointwise mean over seeds of (step, value) curves on the same step grid."""
-    length = min(len(c) for c in curves)
-    out = []
-    for j in range(length):
-        vals = [c[j][1] for c in curves if c[j][1] is not None and c[j][1] == c[j][1]]
-        out.append([curves[0][j][0], float(np.mean(vals)) if vals else float("nan")])
-    return out

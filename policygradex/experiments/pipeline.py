@@ -43,6 +43,8 @@ from policygradex.tasks.family import EnvFactory, TaskFamily
 
 A = TypeVar("A")
 K = TypeVar("K")
+_MISSING = object()
+"""What ``Pipeline._reuse`` returns when an artifact has to be computed."""
 
 
 @dataclass
@@ -142,16 +144,9 @@ class Pipeline:
         what the checksum covers, default the artifact), else computed, saved and sealed."""
         path = self.folder / artifact if self.folder else None
         sealed = sealed or artifact
-        if path is not None and path.exists():
-            problem = self.folder.verify(sealed)
-            if problem is None:
-                try:
-                    value = load(path)
-                    self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
-                    return value
-                except Exception as exc:  # unreadable although sealed: never used, recomputed
-                    problem = f"is unreadable ({type(exc).__name__})"
-            self.progress.warn(f"{self.folder / sealed} {problem}; recomputing it")
+        if path is not None and (value := self._reuse(path, sealed, load)) is not _MISSING:
+            self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
+            return value
         start, inner_before = time.perf_counter(), self._inner_seconds
         value = compute()
         # A stage may run the stages it depends on (surrogate -> features -> meta_train): keep its own time.
@@ -162,6 +157,20 @@ class Pipeline:
             self.folder.seal(sealed)
             self.folder.record_time(name, self.seconds[name])
         return value
+
+    def _reuse(self, path: Path, sealed: str, load: Callable[[Path], A]) -> A | object:
+        """``load(path)`` if the artifact is there and ``sealed`` matches its checksum, else ``_MISSING``; a damaged
+        or unreadable artifact is reported, never used."""
+        if not path.exists():
+            return _MISSING
+        problem = self.folder.verify(sealed)
+        if problem is None:
+            try:
+                return load(path)
+            except Exception as exc:  # unreadable although sealed
+                problem = f"is unreadable ({type(exc).__name__})"
+        self.progress.warn(f"{self.folder / sealed} {problem}; recomputing it")
+        return _MISSING
 
     # -- stage 1 -------------------------------------------------------------------------------------
     def meta_policy(self) -> ActorCritic:
@@ -318,16 +327,10 @@ class Pipeline:
         todo = []
         for key in keys:
             path = path_of(key)
-            if path is not None and path.exists():
-                problem = self.folder.verify(self._relative(path))
-                if problem is None:
-                    try:
-                        results[key] = io.read_json(path)
-                        continue
-                    except ValueError:
-                        problem = "is unreadable"
-                self.progress.warn(f"{path} {problem}; recomputing it")
-            todo.append(key)
+            if path is not None and (res := self._reuse(path, self._relative(path), io.read_json)) is not _MISSING:
+                results[key] = res
+            else:
+                todo.append(key)
         with self.progress.stage(label, sum(weight(k) for k in keys)) as advance:
             advance(sum(weight(k) for k in results))
 
@@ -429,7 +432,7 @@ def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dic
         "k": len(groups),
         "per_task": per_task,
         "mean": float(np.mean(list(per_task.values()))),
-        "curve": _mean_curve([results[tuple(g)]["curve"] for g in groups]),
+        "curve": mean_curve([results[tuple(g)]["curve"] for g in groups]),
     }
     if routes is not None:
         out["routed"] = [routes.count(j) for j in range(len(groups))]
@@ -440,8 +443,9 @@ def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dic
     return out
 
 
-def _mean_curve(curves: list[list]) -> list[list[float]]:
-    """Task-averaged training return against env steps per task (groups share the same step grid)."""
+def mean_curve(curves: list[list]) -> list[list[float]]:
+    """Pointwise mean of curves of (env steps per task, [values]) on one step grid (NaN and None skipped): the
+    task mean of a grouping's groups, or the mean over seeds."""
     steps = [x for x, _ in curves[0]]
     out = []
     for j, x in enumerate(steps):
