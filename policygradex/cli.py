@@ -260,6 +260,33 @@ def bench_surrogate_cmd(
     _print_rows(bench_surrogate(m, d, rows_per_task, device=device))
 
 
+@bench_app.command("grouping")
+def bench_grouping_cmd(
+    families: str = typer.Option("copies,mild-cartpole,planted,planted-100x10,cartpole",
+                                 help="Comma-separated; any of copies, mild-cartpole, planted, planted-100x10, "
+                                      "cartpole, lunar_lander."),
+    seeds: str = typer.Option("0-9", help="Seeds: a range 0-9 or a list 0,3,5."),
+    n_tasks: int = typer.Option(8, help="Tasks of the copies and mild-cartpole families."),
+    quick: bool = typer.Option(False, help="The families' quick budgets (a smoke run)."),
+    family_seed: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="Draw every family with this seed (as compare does); default: each run's own seed."),
+) -> None:
+    """Grouping against the known answer, per family and seed: k, NMI, null p-value, stability, seconds."""
+    from policygradex.experiments.bench import GROUPING_FAMILIES, bench_grouping
+
+    chosen = [f.strip() for f in families.split(",") if f.strip()]
+    if unknown := [f for f in chosen if f not in GROUPING_FAMILIES]:
+        raise _fail(f"unknown --families {unknown}; choose from {', '.join(GROUPING_FAMILIES)}")
+    try:
+        lo, _, hi = seeds.partition("-")
+        chosen_seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise _fail(f"--seeds takes a range like 0-9 or a list like 0,3,5; got {seeds!r}") from None
+    if not chosen_seeds or min(chosen_seeds) < 0:
+        raise _fail(f"--seeds must name seeds >= 0; got {seeds!r}")
+    _print_rows(bench_grouping(chosen, chosen_seeds, n_tasks, quick, family_seed))
+
+
 def main() -> None:
     try:
         app()

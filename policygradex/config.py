@@ -100,18 +100,35 @@ class EstimateConfig:
 
 @dataclass
 class ClusterConfig:
-    """Stage 4: SDP relaxation of task grouping."""
+    """Stage 4: how many groups the data supports, the SDP relaxation that forms them, and how sure they are."""
 
     k: int | None = field(default=None, metadata={"flag": "k"})
-    """Number of groups; default: chosen by the trace penalty of the SDP."""
-    trace_penalty: float = 2.0
-    """Cost of one more group, in units of the mean absolute off-diagonal affinity."""
+    """Number of groups; default: as many as beat the null at --cluster-alpha (one group when none does)."""
+    alpha: float = 0.05
+    """Level of the null test: a further group is accepted only if noise alone (tasks' transitions dealt among
+    them at random) would give its gain with probability at most this."""
+    trace_penalty: float | None = None
+    """Let the SDP's trace penalty choose k instead (the paper's rule), pricing one more group at this many
+    mean absolute off-diagonal affinities; default: off, k comes from the null test."""
+    null_draws: int = 49
+    """Null data sets (tasks' blocks of transitions dealt among them at random) the test compares against."""
+    bootstrap_draws: int = 20
+    """Bootstrap data sets (each task's blocks drawn with replacement) behind the groups' confidence."""
+    block_length: int = 128
+    """Consecutive transitions resampled together (they are correlated; single rows would understate noise)."""
     sdp_solver: str = "SCS"
     """cvxpy solver for the SDP."""
 
     def __post_init__(self) -> None:
         if self.k is not None and self.k < 1:
             raise ConfigError("k must be at least 1")
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"cluster alpha must lie strictly between 0 and 1, got {self.alpha}")
+        if self.trace_penalty is not None and self.trace_penalty < 0:
+            raise ConfigError(f"cluster trace_penalty must be at least 0, got {self.trace_penalty}")
+        _positive(self, "null_draws", "block_length")
+        if self.bootstrap_draws < 0:
+            raise ConfigError(f"cluster bootstrap_draws must be at least 0, got {self.bootstrap_draws}")
 
 
 EXECUTION = ("workers", "executor", "ray_address")
@@ -274,12 +291,18 @@ class Config:
         return dataclasses.replace(cfg, **overrides)
 
     @classmethod
-    def for_family(cls, family: str, quick: bool = False) -> Config:
-        """Defaults (or the quick preset) with the budgets that suit a built-in family."""
-        from policygradex.tasks import family_info
+    def for_family(cls, family: str | Any, quick: bool = False) -> Config:
+        """Defaults (or the quick preset) with the budgets that suit a family: a built-in family's name, or a
+        TaskFamily (``make_family`` ones carry their family's budgets; ``TaskFamily.from_envs`` ones get the
+        plain defaults). The CLI and the Python API both start from this."""
+        if isinstance(family, str):
+            from policygradex.tasks import family_info
 
-        info = family_info(family)
-        return with_overrides(cls.quick() if quick else cls(), info.quick if quick else info.defaults)
+            info = family_info(family)
+            overrides = info.quick if quick else info.defaults
+        else:
+            overrides = family.quick_defaults if quick else family.defaults
+        return with_overrides(cls.quick() if quick else cls(), overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

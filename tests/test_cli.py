@@ -30,7 +30,8 @@ def test_quick_run_writes_a_complete_run_folder(quick_run):
         assert (quick_run / name).is_file(), name
     groups = json.loads((quick_run / "groups.json").read_text())
     assert sorted(t for g in groups["groups"] for t in g) == sorted(groups["tasks"])
-    assert groups["k"] == len(groups["groups"]) and groups["method"].startswith("sdp")
+    assert groups["k"] == len(groups["groups"]) and groups["method"] in ("sdp-null-test", "null-test")
+    assert 0.0 <= groups["null_p"] <= 1.0 and 0.0 <= groups["stability"] <= 1.0 and groups["reason"]
     affinity = np.load(quick_run / "affinity.npy")
     assert affinity.shape == (4, 4) and np.allclose(affinity, affinity.T)
     metrics = json.loads((quick_run / "metrics.json").read_text())
@@ -41,7 +42,7 @@ def test_quick_run_writes_a_complete_run_folder(quick_run):
         assert sum(res["routed"]) == 4 and len(res["routed"]) == res["k"]
     assert metrics["groupings"]["random"]["k"] == groups["k"]
     seconds = metrics["stage_seconds"]
-    assert set(seconds) == {"meta_train", "features", "surrogate", "group", "route", "downstream"}
+    assert set(seconds) == {"meta_train", "features", "surrogate", "calibration", "group", "route", "downstream"}
     assert seconds["surrogate"] < seconds["meta_train"]  # each stage's own time, not its dependencies'
     report = (quick_run / "report.md").read_text()
     assert "PolicyGradEx" in report and "single (k=1" in report and "figures/affinity.png" in report

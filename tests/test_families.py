@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import policygradex as pgx
 from policygradex.cli import app
-from policygradex.experiments.pipeline import nmi
+from policygradex.cluster.significance import nmi
 
 # (family, n_tasks for the quick run): slow simulators get fewer tasks
 FAMILIES = [("cartpole", 4), ("lunar_lander", 3), ("highway", 3), ("metaworld-mt10", 3),

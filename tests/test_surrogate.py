@@ -111,16 +111,28 @@ def test_subsets_cover_every_pair(n, size, cover):
     assert together[~np.eye(n, dtype=bool)].min() >= cover
 
 
-def test_affinity_averages_standardised_scores_over_shared_subsets():
-    subsets = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=bool)
-    scores = np.where(subsets, np.array([[1.0, 4.0, 0], [3.0, 0, 2.0], [0, 2.0, 6.0], [2.0, 3.0, 4.0]]), np.nan)
+def test_affinity_recovers_each_partners_effect_other_members_held_fixed():
+    """Scores linear in membership: the regression returns each partner's own effect, standardised; the
+    average over shared subsets would mix in the partners it happened to share subsets with. Subsets have one
+    size, so effects are identified relative to the task's mean partner effect."""
+    rng = np.random.default_rng(0)
+    n = 8
+    effect = rng.normal(size=(n, n))
+    np.fill_diagonal(effect, 0.0)
+    subsets = sample_subsets(n, 4, 30, 10_000, rng)
+    scores = np.where(subsets, subsets.astype(float) @ effect.T, np.nan)  # f(S, i) = sum_{j in S} effect[i, j]
     U = affinity_from_scores(subsets, scores)
-    z0 = (np.array([1.0, 3.0, 2.0]) - 2.0) / np.std([1.0, 3.0, 2.0])  # task 0 in subsets 0, 1, 3
-    z1 = (np.array([4.0, 2.0, 3.0]) - 3.0) / np.std([4.0, 2.0, 3.0])  # task 1 in subsets 0, 2, 3
-    u01 = np.mean([z0[0], z0[2]])  # subsets 0 and 3 hold tasks 0 and 1
-    u10 = np.mean([z1[0], z1[2]])
-    assert np.isclose(U[0, 1], (u01 + u10) / 2)
+    expected = np.zeros((n, n))
+    for i in range(n):
+        others = np.arange(n) != i
+        expected[i, others] = (effect[i, others] - effect[i, others].mean()) / np.nanstd(scores[subsets[:, i], i])
+    expected, off = (expected + expected.T) / 2, ~np.eye(n, dtype=bool)
+    assert np.corrcoef(U[off], expected[off])[0, 1] > 0.99
+    slope = (U[off] @ expected[off]) / (expected[off] @ expected[off])
+    assert 0.85 < slope <= 1.0  # the ridge only shrinks
     assert np.allclose(U, U.T) and np.allclose(np.diag(U), 0)
+    batched = affinity_from_scores(subsets, np.stack([scores, 2 * scores + 1]))
+    assert np.allclose(batched[0], U) and np.allclose(batched[1], U)  # standardised: scale and shift drop out
 
 
 def test_repeated_subsets_get_identical_solutions():

@@ -13,6 +13,7 @@ an exact partition) with k-means, which always returns a partition of all tasks.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.exceptions import ConvergenceWarning
 
+from policygradex.cluster.significance import Confidence
 from policygradex.errors import PGXError
 
 log = logging.getLogger(__name__)
@@ -32,26 +34,49 @@ class Grouping:
     method: str
     X: np.ndarray | None = None
     """The relaxed solution (None for the fallback)."""
+    null_p: float | None = None
+    """How likely noise alone makes splitting look this good (``cluster/significance.py``), where tested."""
+    p_values: list[float] | None = None
+    """p-value of k groups' value against the null, for k = 1, 2, ..., where tested."""
+    reason: str = ""
+    """Why this many groups, in one sentence."""
+    confidence: Confidence | None = None
+    """Bootstrap co-membership, per-task confidence and stability, where bootstrap draws were made."""
 
     @property
     def k(self) -> int:
         return len(self.groups)
 
 
-def solve_sdp(U: np.ndarray, k: int | None, trace_penalty: float, solver: str = "SCS") -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _sdp_problem(n: int, fixed_k: bool):
+    """The SDP for n tasks, compiled once: U (and k or the penalty) are parameters, so that grouping many
+    affinities of one size (bootstrap draws) skips cvxpy's compilation."""
     import cvxpy as cp
 
-    n = len(U)
     X = cp.Variable((n, n), symmetric=True)
+    U = cp.Parameter((n, n), symmetric=True)
+    knob = cp.Parameter(nonneg=True)  # k, or the price of one more group
     constraints = [X >> 0, X >= 0, X @ np.ones(n) == np.ones(n)]
-    if k is not None:
-        constraints.append(cp.trace(X) == k)
+    if fixed_k:
+        constraints.append(cp.trace(X) == knob)
         objective = cp.Maximize(cp.trace(U @ X))
     else:
-        off = U[~np.eye(n, dtype=bool)]
-        lam = trace_penalty * (np.abs(off).mean() if off.size and np.abs(off).mean() > 0 else 1.0)
-        objective = cp.Maximize(cp.trace(U @ X) - lam * cp.trace(X))
-    problem = cp.Problem(objective, constraints)
+        objective = cp.Maximize(cp.trace(U @ X) - knob * cp.trace(X))
+    return cp.Problem(objective, constraints), X, U, knob
+
+
+def solve_sdp(U: np.ndarray, k: int | None, trace_penalty: float, solver: str = "SCS") -> np.ndarray:
+    """The relaxed partition matrix X: with ``k`` fixed, or with k priced by ``trace_penalty`` (in units of the
+    mean absolute off-diagonal affinity)."""
+    n = len(U)
+    problem, X, U_param, knob = _sdp_problem(n, k is not None)
+    U_param.value = (U + U.T) / 2
+    if k is not None:
+        knob.value = float(k)
+    else:
+        off = np.abs(U[~np.eye(n, dtype=bool)])
+        knob.value = trace_penalty * (off.mean() if off.size and off.mean() > 0 else 1.0)
     problem.solve(solver=solver)
     if X.value is None or problem.status not in ("optimal", "optimal_inaccurate"):
         raise RuntimeError(f"SDP solver {solver} ended with status {problem.status}")
@@ -116,9 +141,3 @@ def partition(affinity: np.ndarray, k: int | None = None, trace_penalty: float =
         log.warning("SDP failed (%s); falling back to spectral clustering with k=%d", exc, fallback_k)
         return Grouping(spectral_groups(U, fallback_k, seed), "spectral-fallback")
     return Grouping(round_solution(X, k, seed), "sdp" if k is None else "sdp-fixed-k", X)
-
-
-def group_tasks(affinity: np.ndarray, k: int | None = None, trace_penalty: float = 0.0,
-                solver: str = "SCS", seed: int = 0) -> list[list[int]]:
-    """The groups of ``partition`` as lists of task indices (the public API)."""
-    return partition(affinity, k, trace_penalty, solver, seed).groups

@@ -130,3 +130,98 @@ def bench_surrogate(m: int = 1000, d: int = 400, rows_per_task: int = 2048, n_ta
            "spearman": round(float(spearmanr(fast[mask], exact[mask]).statistic), 4),
            "beta_rel_error_median": round(float(rel), 4),
            "speedup": round(exact_s / newton_s, 1) if newton_s > 0 else math.inf}
+
+
+def _mild_cartpole(n_tasks: int, seed: int):
+    """CartPole-v1 with only the pole's half-length drawn from 0.4-0.6 m: tasks that differ mildly and never
+    conflict, so the right answer is one group."""
+    import functools
+
+    from policygradex.tasks import cartpole
+    from policygradex.tasks.family import TaskFamily
+
+    lengths = np.random.default_rng([seed, 0x3117]).uniform(0.4, 0.6, n_tasks).round(3)
+    factories = [functools.partial(cartpole.make_env, length=float(x), masspole=0.1, masscart=1.0, gravity=9.8,
+                                   force_mag=10.0) for x in lengths]
+    return TaskFamily.from_envs("mild-cartpole", factories, [f"len{x:.3f}-{i}" for i, x in enumerate(lengths)])
+
+
+def _copies(n_tasks: int, seed: int):
+    """The same CartPole-v1 n times (only the seeds of its episodes differ): nothing to split."""
+    import functools
+
+    import gymnasium as gym
+
+    from policygradex.tasks.family import TaskFamily
+
+    return TaskFamily.from_envs("copies", [functools.partial(gym.make, "CartPole-v1") for _ in range(n_tasks)],
+                                [f"copy{i}" for i in range(n_tasks)])
+
+
+def _planted_100(n_tasks: int, seed: int):
+    """planted with 100 tasks in 10 hidden clusters, with planted's defaults."""
+    from policygradex.tasks import FAMILIES, planted
+
+    family = planted.make_family(100, seed, n_clusters=10)
+    family.defaults = FAMILIES["planted"].defaults
+    return family
+
+
+GROUPING_FAMILIES: dict[str, tuple[Callable[[int, int], Any], bool]] = {
+    "copies": (_copies, True),
+    "mild-cartpole": (_mild_cartpole, True),
+    "planted": (lambda n, seed: _builtin("planted", seed), False),
+    "planted-100x10": (_planted_100, False),
+    "cartpole": (lambda n, seed: _builtin("cartpole", seed), False),
+    "lunar_lander": (lambda n, seed: _builtin("lunar_lander", seed), False),
+}
+"""name -> (seed -> family, whether the right answer is one group)."""
+
+
+def _builtin(name: str, seed: int):
+    from policygradex.tasks import make_family
+
+    return make_family(name, seed=seed)
+
+
+def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quick: bool = False,
+                   family_seed: int | None = None) -> Iterator[dict[str, Any]]:
+    """One row per (family, seed): the grouping the default configuration gives, against the known answer
+    (a family's true groups, one group for the families with nothing to split, or cartpole's force split),
+    with the null test's p-value, the bootstrap's stability and what the calibration cost. The family is
+    drawn with the run's seed, as ``policygradex run --seed S`` does, unless ``family_seed`` fixes it (as
+    ``compare`` does)."""
+    import dataclasses
+
+    from policygradex.cluster.significance import nmi
+    from policygradex.config import Config
+    from policygradex.experiments.pipeline import Pipeline
+
+    for name in families:
+        build, one_group = GROUPING_FAMILIES[name]
+        for seed in seeds:
+            family = build(n_tasks, seed if family_seed is None else family_seed)
+            cfg = dataclasses.replace(Config.for_family(family, quick), seed=seed)
+            start = time.perf_counter()
+            with Pipeline(family, cfg, None, progress=False) as pipe:
+                est = pipe.estimate()
+                grouping = pipe.group(est)
+            total = time.perf_counter() - start
+            secs = pipe.seconds
+            truth = family.true_groups
+            if truth is None and name == "cartpole":
+                reversed_ = [i for i, t in enumerate(family.tasks) if t.params["reversed"]]
+                truth = [[i for i in range(family.n_tasks) if i not in reversed_], reversed_]
+            n = family.n_tasks
+            conf = grouping.confidence
+            yield {"bench": "grouping", "family": name, "seed": seed,
+                   "family_seed": seed if family_seed is None else family_seed, "n": n, "m": int(len(est.subsets)),
+                   "k": grouping.k, "k_expected": 1 if one_group else (len(truth) if truth else None),
+                   "nmi_true": None if truth is None else round(nmi(truth, grouping.groups, n), 4),
+                   "null_p": None if grouping.null_p is None else round(grouping.null_p, 4),
+                   "stability": None if conf is None else round(conf.stability, 4),
+                   "estimate_seconds": round(sum(secs.get(k, 0.0) for k in ("meta_train", "features", "surrogate")),
+                                             2),
+                   "calibration_seconds": round(secs.get("calibration", 0.0) + secs.get("group", 0.0), 2),
+                   "total_seconds": round(total, 2),
+                   "groups": [[family.task_names[i] for i in g] for g in grouping.groups]}

@@ -119,7 +119,7 @@ def aggregate(runs: list[dict[str, Any]], family: str, cfg: Config) -> dict[str,
 
 def _stability(runs: list[dict[str, Any]]) -> float | None:
     """Mean NMI between the PolicyGradEx groupings of every two seeds (1 = the same groups every time)."""
-    from policygradex.experiments.pipeline import nmi
+    from policygradex.cluster.significance import nmi
 
     names = runs[0]["task_names"]
     labels = [[[names.index(t) for t in g] for g in r["groupings"]["policygradex"]["groups"]] for r in runs]

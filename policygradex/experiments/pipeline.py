@@ -9,7 +9,9 @@ config.json guarantees it was made with the same settings).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -21,12 +23,15 @@ import numpy as np
 import torch
 
 from policygradex import io
+from policygradex.cluster.grouping import group
 from policygradex.cluster.sdp import Grouping, partition
+from policygradex.cluster.significance import Confidence, nmi, partition_values
 from policygradex.config import AdaptConfig, Config, DownstreamConfig, PPOConfig
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.features import collect_features
 from policygradex.estimate.projection import make_projector
+from policygradex.estimate.resample import bootstrap_draw, make_blocks, null_draw, resampled_affinities
 from policygradex.estimate.store import GradientStore
 from policygradex.estimate.subsets import sample_subsets
 from policygradex.estimate.surrogate import solve_subsets, subset_scores
@@ -59,6 +64,13 @@ class AffinityResult:
     task_names: list[str]
     feature_dim: int
     seconds: dict[str, float] = field(default_factory=dict)
+    null_values: np.ndarray | None = None
+    """(draws, K): value of the best k groups, k = 1..K, of the affinity on data resampled with the tasks
+    exchangeable (``cluster/significance.py``)."""
+    bootstrap: np.ndarray | None = None
+    """(draws, n, n): affinities on bootstrap resamples of each task's transitions."""
+    group_seed: int = 0
+    """Seed of the rounding in stage 4, so that ``pgx.group_tasks(result)`` repeats the run's grouping."""
 
 
 @dataclass
@@ -224,23 +236,65 @@ class Pipeline:
         out = self._stage("surrogate", "surrogate.npz", compute, lambda v, p: io.write_npz(p, **v), load)
         if self.folder:
             io.write_npy(self.folder / "affinity.npy", out["affinity"])
+        cal = self.calibration(policy, out["subsets"])
         return AffinityResult(out["affinity"], out["subsets"], out["scores"], self.family.task_names,
-                              est.proj_dim, dict(self.seconds))
+                              est.proj_dim, dict(self.seconds), cal["null_values"], cal["bootstrap"],
+                              derive_seed(self.cfg.seed, "group"))
+
+    def calibration(self, policy: ActorCritic | None, subsets: np.ndarray) -> dict[str, np.ndarray]:
+        """Stage 3b: the partition values of null draws' affinities, and bootstrap affinities (estimate/resample.py)."""
+        c, ridge = self.cfg.cluster, self.cfg.estimate.ridge
+
+        def compute() -> dict[str, np.ndarray]:
+            store = self.features(policy or self.meta_policy())
+            draws = c.null_draws + c.bootstrap_draws
+            with self.progress.stage("3/5 null and bootstrap draws", draws) as advance, torch_threads(os.cpu_count()):
+                blocks = make_blocks(store, c.block_length)
+                rng = np.random.default_rng(derive_seed(self.cfg.seed, "null"))
+                null = [null_draw(blocks, rng) for _ in range(c.null_draws)]
+                rng = np.random.default_rng(derive_seed(self.cfg.seed, "bootstrap"))
+                boot = [bootstrap_draw(blocks, rng) for _ in range(c.bootstrap_draws)]
+                affinities = resampled_affinities(store, blocks, subsets, ridge, null + boot)
+                advance(draws)
+            return {"null_values": np.stack([partition_values(U) for U in affinities[:c.null_draws]]),
+                    "bootstrap": affinities[c.null_draws:]}
+
+        def load(path: Path) -> dict[str, np.ndarray]:
+            with np.load(path) as f:
+                return dict(f)
+
+        return self._stage("calibration", "calibration.npz", compute, lambda v, p: io.write_npz(p, **v), load)
 
     # -- stage 4 -------------------------------------------------------------------------------------
-    def group(self, affinity: np.ndarray) -> Grouping:
-        c, names = self.cfg.cluster, self.family.task_names
+    def group(self, est: AffinityResult) -> Grouping:
+        """Stage 4: k (fixed, or tested against the null), the SDP's groups, their bootstrap confidence."""
+        names = self.family.task_names
 
         def compute() -> Grouping:
-            return partition(affinity, c.k, c.trace_penalty, c.sdp_solver, derive_seed(self.cfg.seed, "group"))
+            return group(est.affinity, self.cfg.cluster, est.group_seed, est.null_values, est.bootstrap)
 
         def save(g: Grouping, path: Path) -> None:
-            io.write_json(path, {"tasks": names, "groups": [[names[i] for i in grp] for grp in g.groups],
-                                 "k": g.k, "method": g.method})
+            conf = g.confidence
+            if conf is not None:
+                io.write_npy(path.with_name("co_membership.npy"), conf.co_membership)
+            io.write_json(path, {
+                "tasks": names, "groups": [[names[i] for i in grp] for grp in g.groups], "k": g.k, "method": g.method,
+                "confidence": None if conf is None else {names[i]: round(float(c), 4)
+                                                         for i, c in enumerate(conf.confidence)},
+                "stability": None if conf is None else round(conf.stability, 4),
+                "null_p": None if g.null_p is None else round(g.null_p, 4),
+                "p_values": None if g.p_values is None else [round(p, 4) for p in g.p_values],
+                "bootstrap_k": None if conf is None else conf.draw_k,
+                "reason": g.reason})
 
         def load(path: Path) -> Grouping:
             data = io.read_json(path)
-            return Grouping([[names.index(t) for t in grp] for grp in data["groups"]], data["method"])
+            co = path.with_name("co_membership.npy")
+            conf = None if data.get("confidence") is None or not co.exists() else Confidence(
+                np.load(co), np.array([data["confidence"][t] for t in names]), data["stability"], data["bootstrap_k"])
+            return Grouping([[names.index(t) for t in grp] for grp in data["groups"]], data["method"],
+                            null_p=data.get("null_p"), p_values=data.get("p_values"), reason=data.get("reason", ""),
+                            confidence=conf)
 
         return self._stage("group", "groups.json", compute, save, load)
 
@@ -252,7 +306,7 @@ class Pipeline:
         for k in ds.ablate_k:
             if k > n:
                 raise PGXError(f"ablate_k asks for {k} groups of {n} tasks; choose k between 1 and {n}")
-            out[f"policygradex-k{k}"] = partition(affinity, k, c.trace_penalty, c.sdp_solver,
+            out[f"policygradex-k{k}"] = partition(affinity, k, 0.0, c.sdp_solver,
                                                   derive_seed(self.cfg.seed, "group")).groups
         k = grouping.k
         for name in ds.baselines:
@@ -265,7 +319,7 @@ class Pipeline:
             elif name == "gradient-similarity":
                 sim = cosine_matrix(self.features(self.meta_policy()).stats.b.numpy())
                 seed = derive_seed(self.cfg.seed, "gradsim")
-                out[name] = partition(sim, k, c.trace_penalty, c.sdp_solver, seed).groups
+                out[name] = partition(sim, k, 0.0, c.sdp_solver, seed).groups
         return out
 
     def test_gradients(self) -> np.ndarray:
@@ -363,10 +417,8 @@ class Pipeline:
     def _run(self) -> RunResult:
         total_start = time.perf_counter()
         est = self.estimate()
-        grouping = self.group(est.affinity)
-        self.progress.note(f"groups ({grouping.method}, k={grouping.k}): "
-                           + "  ".join("{" + ", ".join(self.family.task_names[i] for i in g) + "}"
-                                       for g in grouping.groups))
+        grouping = self.group(est)
+        self.progress.note(describe(grouping, self.family.task_names))
         results = self.downstream(self.groupings(grouping, est.affinity))
         metrics = {
             "family": self.family.spec,
@@ -375,7 +427,9 @@ class Pipeline:
             "seed": self.cfg.seed,
             "estimate": {"m": int(len(est.subsets)), "d": est.feature_dim, "solver": self.cfg.estimate.solver,
                          "transitions_per_task": self.cfg.estimate.transitions_per_task},
-            "grouping": {"k": grouping.k, "method": grouping.method,
+            "grouping": {"k": grouping.k, "method": grouping.method, "reason": grouping.reason,
+                         "null_p": grouping.null_p,
+                         "stability": None if grouping.confidence is None else grouping.confidence.stability,
                          "nmi_true": None if self.family.true_groups is None
                          else nmi(self.family.true_groups, grouping.groups, self.family.n_tasks)},
             "budget_steps_per_task": {"meta": self.cfg.meta.steps_per_task, "train": self.cfg.train.steps_per_task},
@@ -398,15 +452,22 @@ class Pipeline:
         return RunResult(self.folder.path if self.folder else None, est.affinity, grouping, metrics)
 
 
-def nmi(groups_a: list[list[int]], groups_b: list[list[int]], n: int) -> float:
-    """Normalised mutual information between two partitions of n tasks."""
-    from sklearn.metrics import normalized_mutual_info_score
+def describe(grouping: Grouping, names: list[str]) -> str:
+    """One line for the terminal: the groups, and why this many."""
+    groups = "  ".join("{" + ", ".join(names[i] for i in g) + "}" for g in grouping.groups)
+    trust = "" if grouping.confidence is None else f"; bootstrap stability {grouping.confidence.stability:.2f}"
+    return f"groups (k={grouping.k}): {groups}\n{grouping.reason}{trust}"
 
-    labels = np.zeros((2, n), dtype=int)
-    for row, groups in enumerate((groups_a, groups_b)):
-        for c, g in enumerate(groups):
-            labels[row, g] = c
-    return float(normalized_mutual_info_score(labels[0], labels[1]))
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """torch uses ``count`` threads inside the block (batched linear algebra in the main process), then as before."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, count or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]], names: list[str],

@@ -48,6 +48,7 @@ def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
         ("p", metrics.get("description") or ""),
         ("h2", f"Groups (method {metrics['grouping']['method']}, k = {metrics['grouping']['k']})"),
         ("table", (["group", "tasks"], [[str(i + 1), ", ".join(g)] for i, g in enumerate(pgx["groups"])])),
+        ("p", trust_sentence(metrics["grouping"])),
         ("p", "" if metrics["grouping"].get("nmi_true") is None else
          f"NMI against the family's true grouping: {metrics['grouping']['nmi_true']:.3f}"),
         ("h2", "Results"),
@@ -58,7 +59,7 @@ def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
     has_success = all("success_rate" in groupings[m] for m in methods)
     rows = []
     for m in methods:
-        gain = "" if base is None or m == "single" else f"{100 * (groupings[m]['mean'] / base['mean'] - 1):+.1f}%"
+        gain = "" if base is None or m == "single" else relative_gain(groupings[m]["mean"], base["mean"])
         success = [f"{100 * groupings[m]['success_rate']:.1f}%"] if has_success else []
         rows.append([label(m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), gain, *success])
     header = ["grouping", "k", "mean return", "vs single"] + (["success rate"] if has_success else [])
@@ -121,6 +122,27 @@ def to_html(blocks: list[Block]) -> str:
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
 
 
+def relative_gain(value: float, base: float) -> str:
+    """The change from ``base`` to ``value`` relative to |base| (so that higher is better for negative returns
+    too), with the absolute difference beside it."""
+    rel = "n/a" if base == 0 else f"{100 * (value - base) / abs(base):+.1f}%"
+    return f"{rel} ({value - base:+.1f})"
+
+
+def trust_sentence(grouping: dict[str, Any]) -> str:
+    """How much to trust the groups, in one sentence, from the null test and the bootstrap."""
+    why = (grouping.get("reason") or "").rstrip(".")
+    stability = grouping.get("stability")
+    if stability is None:
+        return why + "."
+    if grouping["k"] == 1:
+        return f"{why}; {100 * stability:.0f}% agreement across bootstrap resamples of the transitions."
+    verdict = ("the groups are reliable" if stability >= 0.8 else
+               "the main split is reliable, the membership of some tasks less so" if stability >= 0.5 else
+               "treat the groups as tentative")
+    return f"{why}. Bootstrap stability {stability:.2f} (1 = every resample regroups the same way): {verdict}."
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -128,24 +150,37 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_affinity(path: Path, affinity: np.ndarray, names: list[str], groups: list[list[str]]) -> None:
+def plot_affinity(path: Path, affinity: np.ndarray, names: list[str], groups: list[list[str]],
+                  co_membership: np.ndarray | None = None) -> None:
+    """The affinity heatmap and, beside it, the bootstrap co-membership, tasks ordered by group."""
     import matplotlib.pyplot as plt
 
     order = [names.index(t) for g in groups for t in g]
-    A = affinity[np.ix_(order, order)]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(names), 0.6 + 0.45 * len(names)))
-    lim = float(np.abs(A).max()) or 1.0
-    im = ax.imshow(A, cmap="RdBu", vmin=-lim, vmax=lim)
+    panels = [(affinity, "Task affinity U", "RdBu", "U_ij: effect of task j joining a subset on task i's\n"
+                                                      "standardised predicted gain (symmetrised)")]
+    if co_membership is not None:
+        panels.append((co_membership, "Bootstrap co-membership", "Greens", "share of resamples that put\n"
+                                                                         "tasks i and j in one group"))
+    side = 1.0 + 0.3 * len(names)
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(16.0, side * len(panels) + 2.5), min(8.0, side)),
+                             squeeze=False, layout="constrained")
     labels = [names[i] for i in order]
-    ax.set_xticks(range(len(order)), labels, rotation=90)
-    ax.set_yticks(range(len(order)), labels)
-    edge = -0.5
-    for g in groups[:-1]:
-        edge += len(g)
-        ax.axhline(edge, color="k", lw=1.5)
-        ax.axvline(edge, color="k", lw=1.5)
-    ax.set_title("Task affinity (ordered by PolicyGradEx group)")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="U_ij")
+    for j, (ax, (M, title, cmap, bar)) in enumerate(zip(axes[0], panels, strict=True)):
+        A = M[np.ix_(order, order)]
+        lim = float(np.abs(A).max()) or 1.0
+        im = ax.imshow(A, cmap=cmap, vmin=-lim if cmap == "RdBu" else 0.0, vmax=lim if cmap == "RdBu" else 1.0)
+        if len(names) <= 40:
+            ax.set_xticks(range(len(order)), labels, rotation=90, fontsize=8)
+            ax.set_yticks(range(len(order)), labels if j == 0 else [], fontsize=8)
+        else:
+            ax.set_xlabel("tasks, ordered by group")
+        edge = -0.5
+        for g in groups[:-1]:
+            edge += len(g)
+            ax.axhline(edge, color="k", lw=1.2)
+            ax.axvline(edge, color="k", lw=1.2)
+        ax.set_title(title + " (ordered by PolicyGradEx group)", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.046, label=bar)
     _save(fig, path)
 
 
@@ -319,8 +354,9 @@ def write_report(out: Path) -> None:
     if (out / "metrics.json").exists():
         metrics = read_json(out / "metrics.json")
         figures = ["figures/affinity.png", "figures/returns.png", "figures/curves.png"]
+        co = out / "co_membership.npy"
         plot_affinity(out / figures[0], np.load(out / "affinity.npy"), metrics["task_names"],
-                      metrics["groupings"]["policygradex"]["groups"])
+                      metrics["groupings"]["policygradex"]["groups"], np.load(co) if co.exists() else None)
         plot_returns(out / figures[1], metrics)
         plot_curves(out / figures[2], {m: g["curve"] for m, g in metrics["groupings"].items()})
         blocks = build_blocks(metrics, figures)

@@ -23,13 +23,14 @@ from scipy.stats import spearmanr
 from torch.func import functional_call, jvp
 
 from policygradex import io
-from policygradex.cluster.sdp import partition
+from policygradex.cluster.grouping import group
+from policygradex.cluster.significance import nmi, partition_values
 from policygradex.config import Config
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.projection import apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
-from policygradex.experiments.pipeline import Pipeline, derive_seed, nmi
+from policygradex.experiments.pipeline import Pipeline, derive_seed
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.policy import ActorCritic
 from policygradex.rl.ppo import train_ppo
@@ -146,7 +147,7 @@ def _estimate_flops(pipe: Pipeline, policy: ActorCritic, m_est: int, subset_size
 def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
     family, cfg, v = pipe.family, pipe.cfg, pipe.cfg.validate
     est = pipe.estimate()
-    grouping = pipe.group(est.affinity)
+    grouping = pipe.group(est)
     policy = pipe.meta_policy()
     estimate_seconds = sum(pipe.seconds.get(k, 0.0) for k in ("features", "surrogate", "group"))
     m_est = len(est.subsets)
@@ -172,9 +173,10 @@ def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
     for row, s in enumerate(chosen):
         res = results[int(s)]
         gains[row, res["subset"]] = np.asarray(res["after"]) - before[res["subset"]]
-    c = cfg.cluster
     true_affinity = affinity_from_scores(subsets, gains)
-    truth = partition(true_affinity, c.k, c.trace_penalty, c.sdp_solver, derive_seed(cfg.seed, "group"))
+    null = shuffled_gains_null(subsets, gains, cfg.cluster.null_draws,
+                               np.random.default_rng(derive_seed(cfg.seed, "ground-truth-null")))
+    truth = group(true_affinity, cfg.cluster, derive_seed(cfg.seed, "group"), null)
     n = family.n_tasks
     rng = np.random.default_rng(derive_seed(cfg.seed, "nmi-random"))
     nmi_random = float(np.mean([nmi(random_groups(n, grouping.k, rng), truth.groups, n) for _ in range(200)]))
@@ -196,6 +198,20 @@ def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
         **protocol,
         "paper": {"nmi": PAPER_NMI, "nmi_random": PAPER_NMI_RANDOM, "speedup": PAPER_SPEEDUP},
     }
+
+
+def shuffled_gains_null(subsets: np.ndarray, gains: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(draws, K) partition values of the true affinity when each task's measured gains are shuffled among the
+    subsets that hold it: what the ground truth's affinity looks like if a task's gain did not depend on its
+    partners. The true grouping takes its k from this null, as the estimate takes its own from the data's."""
+    out = []
+    for _ in range(draws):
+        shuffled = gains.copy()
+        for i in range(gains.shape[1]):
+            rows = np.flatnonzero(~np.isnan(gains[:, i]))
+            shuffled[rows, i] = gains[rng.permutation(rows), i]
+        out.append(partition_values(affinity_from_scores(subsets.astype(bool), shuffled)))
+    return np.stack(out)
 
 
 def _within_task_spearman(scores: np.ndarray, gains: np.ndarray) -> float:
@@ -239,7 +255,7 @@ def validate_ablate(pipe: Pipeline) -> dict[str, Any]:
                 meta_seconds = time.perf_counter() - start
                 start = time.perf_counter()
                 est = sub.estimate(theta)
-                groups = sub.group(est.affinity).groups
+                groups = sub.group(est).groups
             rows.append({"setting": name, "value": value, "m": int(len(est.subsets)), "k": len(groups),
                          "nmi": nmi(groups, reference, family.n_tasks),
                          "estimate_seconds": time.perf_counter() - start,

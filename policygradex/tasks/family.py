@@ -42,6 +42,10 @@ class TaskFamily:
     spec: dict[str, Any] = field(default_factory=dict)
     """What rebuilds the family (name, n_tasks, seed, ...); part of a run folder's identity."""
     description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Config overrides that suit this family (``Config.for_family``); ``make_family`` fills them in."""
+    quick_defaults: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The same on top of ``Config.quick()``."""
     observation_space: gym.Space = field(init=False)
     action_space: gym.Space = field(init=False)
 

@@ -1,0 +1,61 @@
+"""Stage 4 as one rule: how many groups (fixed, priced by the trace penalty, or tested against the null),
+the SDP that forms them, and their bootstrap confidence. The CLI, ``pgx.group_tasks`` and the pipeline all
+call ``group``, so that one affinity gives one grouping whichever way it is asked for."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from policygradex.cluster.sdp import Grouping, partition
+from policygradex.cluster.significance import KChoice, bootstrap_confidence, choose_k, partition_values
+from policygradex.config import ClusterConfig
+from policygradex.errors import PGXError
+
+
+def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: np.ndarray | None = None,
+          bootstrap: np.ndarray | None = None) -> Grouping:
+    """Partition tasks by ``affinity``.
+
+    k is ``cfg.k`` when set, else chosen by ``cfg.trace_penalty`` when set, else by the null test at level
+    ``cfg.alpha`` against ``null_values`` ((draws, K) partition values of affinities from data resampled
+    with the tasks exchangeable; ``cluster/significance.py``). ``bootstrap`` ((draws, n, n) affinities) adds
+    co-membership confidence.
+    """
+    U = (np.asarray(affinity, dtype=float) + np.asarray(affinity, dtype=float).T) / 2
+    n = len(U)
+    if cfg.k is not None and cfg.k > n:
+        raise PGXError(f"k = {cfg.k} groups for {n} tasks; choose k between 1 and {n}")
+    if cfg.k is None and cfg.trace_penalty is None and null_values is None:
+        raise PGXError("choosing k needs the affinity's null draws: pass the AffinityResult of estimate_affinity "
+                       "(pgx.group_tasks(res)), or fix k=..., or set trace_penalty=...")
+
+    def rule(A: np.ndarray) -> tuple[Grouping, KChoice | None]:
+        test = None if null_values is None else choose_k(partition_values(A), null_values, cfg.alpha)
+        if cfg.k is not None or cfg.trace_penalty is not None:
+            return partition(A, cfg.k, cfg.trace_penalty or 0.0, cfg.sdp_solver, seed), test
+        if test.k == 1:
+            return Grouping([list(range(n))], "null-test"), test
+        g = partition(A, test.k, 0.0, cfg.sdp_solver, seed)
+        g.method = "sdp-null-test" if g.method == "sdp-fixed-k" else g.method
+        return g, test
+
+    out, test = rule(U)
+    if test is not None:
+        out.null_p, out.p_values = test.p, test.p_by_k
+    out.reason = _reason(out.k, test, cfg)
+    if bootstrap is not None and len(bootstrap):
+        out.confidence = bootstrap_confidence(out.groups, bootstrap, lambda A: rule(A)[0].groups)
+    return out
+
+
+def _reason(k: int, test: KChoice | None, cfg: ClusterConfig) -> str:
+    level = f"{cfg.alpha:.0%}"
+    against = "" if test is None else f" (anything to split, against the null: p = {test.p:.2f})"
+    if cfg.k is not None:
+        return f"k = {k} was fixed{against}"
+    if cfg.trace_penalty is not None:
+        return f"k = {k} chosen by the SDP's trace penalty {cfg.trace_penalty:g}{against}"
+    if k == 1:
+        return f"one group: no split beats the null at {level} (p = {test.p:.2f})"
+    return (f"{k} groups: splitting beats the null at {level} (p = {test.p:.2f}), and {k} groups exceed what noise "
+            f"reaches by the most (their own p = {test.p_by_k[k - 1]:.2f})")
