@@ -142,6 +142,9 @@ def run_cmd(out: Path = OUT, family: str = FAMILY, n_tasks: Optional[int] = N_TA
 
     result = _guarded(action)
     console = Console()
+    grouping = result.metrics["grouping"]
+    stability = "" if grouping["stability"] is None else f" (bootstrap stability {grouping['stability']:.2f})"
+    console.print(f"groups: {grouping['reason']}{stability}", highlight=False)
     for name, res in result.metrics["groupings"].items():
         success = f"  success {100 * res['success_rate']:.1f}%" if "success_rate" in res else ""
         console.print(f"{name:>14}: k={res['k']:<2} mean return {res['mean']:.1f}{success}")

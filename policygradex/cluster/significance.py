@@ -80,7 +80,8 @@ def choose_k(values: np.ndarray, null: np.ndarray, alpha: float) -> KChoice:
     p_by_k = (1 + (null >= values[None, :] - 1e-12).sum(0)) / (1 + len(null))
     p_by_k[0] = 1.0
     excess = values - np.quantile(null, 1 - alpha, axis=0)
-    k = 1 if p > alpha or len(values) < 2 else int(np.argmax(excess[1:])) + 2
+    best = int(np.argmax(excess[1:])) + 2 if len(values) > 1 else 1
+    k = best if p <= alpha and excess[best - 1] > 0 else 1  # k itself must beat the null too
     return KChoice(k, float(p), [float(x) for x in p_by_k], [float(x) for x in excess])
 
 

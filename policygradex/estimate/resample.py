@@ -20,7 +20,9 @@ its held-out rows (what scores the step), but keeps every subset's curvature bou
 Then a draw costs two triangular solves per subset with the Cholesky factors the real solve already needs,
 instead of a d x d factorisation per subset and draw (5-6x faster). Measured on 8 identical CartPole copies
 and on planted: the null's 95% quantiles of the spectral gains moved by under 6% against draws that
-recompute A_S, well inside the draw-to-draw spread.
+recompute A_S, well inside the draw-to-draw spread. Draws always take the one-step (``newton-stats``) solution; with
+``--estimate-solver exact`` the real affinity comes from the exact optimum, whose scores agreed with the one
+step's at Spearman 0.9999 on cartpole (``policygradex bench surrogate``).
 """
 
 from __future__ import annotations

@@ -113,6 +113,8 @@ def aggregate(runs: list[dict[str, Any]], family: str, cfg: Config) -> dict[str,
         "differences": {m: pgx - v["mean"] for m, v in methods.items() if m in MAIN and m != "policygradex"},
         "grouping_stability": _stability(runs),
         "nmi_true": [r["grouping"]["nmi_true"] for r in runs],
+        "null_p": [r["grouping"].get("null_p") for r in runs],
+        "bootstrap_stability": [r["grouping"].get("stability") for r in runs],
         "stage_seconds": [r["stage_seconds"] for r in runs],
     }
 

@@ -46,6 +46,8 @@ from policygradex.rl.ppo import train_ppo
 from policygradex.seeds import derive_seed
 from policygradex.tasks.family import EnvFactory, TaskFamily
 
+IN_PROCESS_BELOW = 50_000
+"""Feature rollouts of fewer transitions in all (tasks x transitions per task) run in the main process."""
 A = TypeVar("A")
 K = TypeVar("K")
 _MISSING = object()
@@ -202,11 +204,14 @@ class Pipeline:
 
         def compute(path: Path | None) -> GradientStore:
             n = self.family.n_tasks
+            # Small work runs here: starting worker processes (seconds each) would cost more than it saves.
+            # The store is the same either way (every task has its own seeds).
+            executor = self.executor if n * est.transitions_per_task >= IN_PROCESS_BELOW else None
             with self.progress.stage("2/5 gradient features", n) as advance:
                 projector = make_projector(est.projector, policy, est.proj_dim,
                                            derive_seed(self.cfg.seed, "projection"))
                 return collect_features(policy, self.family.factories(range(n)), projector, est, self.cfg.meta,
-                                        derive_seed(self.cfg.seed, "features"), path, self.executor, advance)
+                                        derive_seed(self.cfg.seed, "features"), path, executor, advance)
 
         path = self.folder / "store" if self.folder else None
         return self._stage("features", "store/meta.json", lambda: compute(path), lambda store, p: None,
@@ -229,11 +234,7 @@ class Pipeline:
                 advance(len(subsets))
             return {"subsets": subsets, "scores": scores, "affinity": affinity_from_scores(subsets, scores)}
 
-        def load(path: Path) -> dict[str, np.ndarray]:
-            with np.load(path) as f:
-                return dict(f)
-
-        out = self._stage("surrogate", "surrogate.npz", compute, lambda v, p: io.write_npz(p, **v), load)
+        out = self._stage("surrogate", "surrogate.npz", compute, lambda v, p: io.write_npz(p, **v), _read_npz)
         if self.folder:
             io.write_npy(self.folder / "affinity.npy", out["affinity"])
         cal = self.calibration(policy, out["subsets"])
@@ -259,11 +260,7 @@ class Pipeline:
             return {"null_values": np.stack([partition_values(U) for U in affinities[:c.null_draws]]),
                     "bootstrap": affinities[c.null_draws:]}
 
-        def load(path: Path) -> dict[str, np.ndarray]:
-            with np.load(path) as f:
-                return dict(f)
-
-        return self._stage("calibration", "calibration.npz", compute, lambda v, p: io.write_npz(p, **v), load)
+        return self._stage("calibration", "calibration.npz", compute, lambda v, p: io.write_npz(p, **v), _read_npz)
 
     # -- stage 4 -------------------------------------------------------------------------------------
     def group(self, est: AffinityResult) -> Grouping:
@@ -450,6 +447,11 @@ class Pipeline:
                 advance(1)
             self.progress.note(f"report: {self.folder / 'report.html'}")
         return RunResult(self.folder.path if self.folder else None, est.affinity, grouping, metrics)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return dict(f)
 
 
 def describe(grouping: Grouping, names: list[str]) -> str:

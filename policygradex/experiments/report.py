@@ -311,6 +311,11 @@ def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
         ("p", "" if results.get("grouping_stability") is None else
               f"PolicyGradEx's groups across seeds: mean pairwise NMI {results['grouping_stability']:.2f} "
               "(1 = the same groups from every seed's theta*)."),
+        ("p", "" if not any(p is not None for p in results.get("null_p", [])) else
+              "Per seed, against the null (p of anything to split) and bootstrap stability: " + "; ".join(
+                  f"seed {s}: k = {k}, p = {p:.2f}, stability {st:.2f}" for s, k, p, st in zip(
+                      seeds, methods["policygradex"]["k"], results["null_p"], results["bootstrap_stability"],
+                      strict=True) if p is not None and st is not None) + "."),
         ("table", (["grouping", "k", metric, "PolicyGradEx gain", "paper"], rows)),
     ]
     ks = sorted((m for m in methods if m.startswith("policygradex-k")), key=lambda m: int(m.rsplit("k", 1)[1]))
