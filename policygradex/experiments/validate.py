@@ -149,7 +149,7 @@ def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
     est = pipe.estimate()
     grouping = pipe.group(est)
     policy = pipe.meta_policy()
-    estimate_seconds = sum(pipe.seconds.get(k, 0.0) for k in ("features", "surrogate", "group"))
+    estimate_seconds = sum(pipe.seconds.get(k, 0.0) for k in ("features", "surrogate", "calibration", "group"))
     m_est = len(est.subsets)
     chosen = np.arange(m_est)
     if v.max_subsets is not None and v.max_subsets < m_est:
