@@ -70,10 +70,12 @@ class KChoice:
 
 def choose_k(values: np.ndarray, null: np.ndarray, alpha: float) -> KChoice:
     """k from the affinity's partition ``values`` (K,) against ``null`` (draws, K); see the module doc."""
-    mean, sd = null.mean(0), null.std(0) + 1e-12
+    mean, sd = null.mean(0), null.std(0)
+    varies = sd > 1e-12  # k = n (every task alone, V = 0) carries no evidence either way
 
     def most_extreme(v: np.ndarray) -> float:
-        return float(((v - mean) / sd)[1:].max()) if len(v) > 1 else 0.0
+        z = np.where(varies, (v - mean) / np.where(varies, sd, 1.0), -np.inf)
+        return float(z[1:].max()) if len(v) > 1 else -np.inf
 
     observed = most_extreme(values)
     p = (1 + sum(most_extreme(v) >= observed - 1e-12 for v in null)) / (1 + len(null))

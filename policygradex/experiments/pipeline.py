@@ -139,6 +139,8 @@ class Pipeline:
         self.progress = StageProgress(progress)
         self.seconds: dict[str, float] = self.folder.timings() if self.folder else {}
         self._inner_seconds = 0.0
+        self._values: dict[str, Any] = {}
+        """Each stage's value once computed or loaded: later stages that need it again get it from here."""
         self.executor: Executor = make_executor(cfg.executor, cfg.workers, cfg.ray_address)
         """Runs the independent items of every stage; its workers start at first use, ``close()`` ends them."""
 
@@ -156,10 +158,13 @@ class Pipeline:
                load: Callable[[Path], A], sealed: str | None = None) -> A:
         """The stage's value: loaded from ``artifact`` when it is there and matches its checksum (``sealed`` names
         what the checksum covers, default the artifact), else computed, saved and sealed."""
+        if name in self._values:  # asked again by a later stage of this pipeline
+            return self._values[name]
         path = self.folder / artifact if self.folder else None
         sealed = sealed or artifact
         if path is not None and (value := self._reuse(path, sealed, load)) is not _MISSING:
             self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
+            self._values[name] = value
             return value
         start, inner_before = time.perf_counter(), self._inner_seconds
         value = compute()
@@ -170,6 +175,7 @@ class Pipeline:
             save(value, path)
             self.folder.seal(sealed)
             self.folder.record_time(name, self.seconds[name])
+        self._values[name] = value
         return value
 
     def _reuse(self, path: Path, sealed: str, load: Callable[[Path], A]) -> A | object:
