@@ -2,9 +2,9 @@
 
     import policygradex as pgx
     fam = pgx.make_family("cartpole", n_tasks=10, seed=0)
-    res = pgx.estimate_affinity(fam, pgx.Config(seed=0))
-    groups = pgx.group_tasks(res.affinity)
-    run = pgx.run(fam, pgx.Config(seed=0), out="runs/x")
+    res = pgx.estimate_affinity(fam)        # the family's own defaults, as `policygradex run`
+    groups = pgx.group_tasks(res)           # k tested against the affinity's own noise
+    run = pgx.run(fam, out="runs/x")
 """
 
 from __future__ import annotations

@@ -282,11 +282,11 @@ class Pipeline:
                 io.write_npy(path.with_name("co_membership.npy"), conf.co_membership)
             io.write_json(path, {
                 "tasks": names, "groups": [[names[i] for i in grp] for grp in g.groups], "k": g.k, "method": g.method,
-                "confidence": None if conf is None else {names[i]: round(float(c), 4)
-                                                         for i, c in enumerate(conf.confidence)},
-                "stability": None if conf is None else round(conf.stability, 4),
-                "null_p": None if g.null_p is None else round(g.null_p, 4),
-                "p_values": None if g.p_values is None else [round(p, 4) for p in g.p_values],
+                # Unrounded: a resumed run reads these back and must report what the first one did.
+                "confidence": None if conf is None else {names[i]: float(c) for i, c in enumerate(conf.confidence)},
+                "stability": None if conf is None else conf.stability,
+                "null_p": g.null_p,
+                "p_values": g.p_values,
                 "bootstrap_k": None if conf is None else conf.draw_k,
                 "reason": g.reason})
 
