@@ -127,8 +127,8 @@ def resampled_affinities(store: GradientStore, blocks: Blocks, subsets: np.ndarr
         L, _, count = bound_factors(store.stats, member[rows], ridge)
         # Every draw is one more right-hand side of the same triangular systems: (chunk, d, draws).
         rhs = torch.einsum("sn,rnk->skr", member[rows], b) / (2 * count)[:, None, None]
-        y = torch.linalg.solve_triangular(L, rhs, upper=False)
-        betas = torch.linalg.solve_triangular(L.mT, y, upper=True).permute(2, 0, 1)  # (draws, chunk, d)
+        half = torch.linalg.solve_triangular(L, rhs, upper=False)
+        betas = torch.linalg.solve_triangular(L.mT, half, upper=True).permute(2, 0, 1)  # (draws, chunk, d)
         for r, ho in enumerate(holdout):
             for i in range(n):
                 held = np.flatnonzero(distinct[rows, i])
