@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# 4 cartpole tasks, tiny budgets, 7 downstream units of about a second each: room to land a kill mid-stage (k is
-# fixed so that the number of units does not hang on what the null test finds in a quick run)
-ARGS = ["--family", "cartpole", "--quick", "--n-tasks", "4", "--no-progress", "--train-steps-per-task", "2048",
+# 4 cartpole tasks, tiny budgets, several downstream units of one to two seconds each: room to land a kill
+# mid-stage (k is fixed so that the number of units does not hang on what the null test finds in a quick run)
+ARGS = ["--family", "cartpole", "--quick", "--n-tasks", "4", "--no-progress", "--train-steps-per-task", "4096",
         "--downstream-baselines", "single,random,independent", "--k", "2"]
 
 
