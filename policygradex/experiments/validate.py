@@ -204,14 +204,13 @@ def shuffled_gains_null(subsets: np.ndarray, gains: np.ndarray, draws: int, rng:
     """(draws, K) partition values of the true affinity when each task's measured gains are shuffled among the
     subsets that hold it: what the ground truth's affinity looks like if a task's gain did not depend on its
     partners. The true grouping takes its k from this null, as the estimate takes its own from the data's."""
-    out = []
-    for _ in range(draws):
-        shuffled = gains.copy()
+    shuffled = np.repeat(gains[None], draws, axis=0)
+    for draw in shuffled:
         for i in range(gains.shape[1]):
             rows = np.flatnonzero(~np.isnan(gains[:, i]))
-            shuffled[rows, i] = gains[rng.permutation(rows), i]
-        out.append(partition_values(affinity_from_scores(subsets.astype(bool), shuffled)))
-    return np.stack(out)
+            draw[rows, i] = gains[rng.permutation(rows), i]
+    # One call for every draw: each task's regression is solved once and shared.
+    return np.stack([partition_values(U) for U in affinity_from_scores(subsets.astype(bool), shuffled)])
 
 
 def _within_task_spearman(scores: np.ndarray, gains: np.ndarray) -> float:
