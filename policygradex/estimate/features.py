@@ -24,47 +24,55 @@ from policygradex.rl.rollout import TaskRunner, compute_gae
 from policygradex.seeds import derive_seed
 from policygradex.tasks.family import EnvFactory
 
+CHUNK_TASKS = 16
+"""Tasks rolled out together, one env each, so that one policy forward serves all of them. Chunks depend on
+the number of tasks alone, never on the executor, so a store is the same whoever computes it."""
+
 
 @dataclass
-class TaskFeatureJob:
-    """One task's share of stage 2 (runs in a worker)."""
+class ChunkFeatureJob:
+    """Stage 2 for a chunk of consecutive tasks (runs in this process or in a worker)."""
 
     policy: ActorCritic
-    factory: EnvFactory
-    task: int
+    factories: list[EnvFactory]
+    tasks: list[int]
     projector: Projector
     cfg: EstimateConfig
     ppo: PPOConfig
     seed: int
-    batch_size: int = 2048
+    batch_size: int = 4096
 
 
-def task_features(job: TaskFeatureJob) -> dict[str, np.ndarray]:
-    """Roll out theta* for ``transitions_per_task`` steps of one task (its own env and action seeds) and turn
-    every transition into its row (z, y, w, task, holdout)."""
+def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
+    """Roll out theta* for ``transitions_per_task`` steps of every task of the chunk, one env per task (task
+    i's env seeded from (seed, i)), and turn every transition into its row (z, y, w, task, holdout), task-major."""
     cfg, steps = job.cfg, job.cfg.transitions_per_task
-    runner = TaskRunner([job.factory], [job.task], seed=job.seed, gamma=job.ppo.gamma)
-    roll = runner.collect(job.policy, steps, seed=job.seed)
+    runner = TaskRunner(job.factories, job.tasks, seed=[derive_seed(job.seed, i) for i in job.tasks],
+                        gamma=job.ppo.gamma)
+    roll = runner.collect(job.policy, steps, seed=derive_seed(job.seed, "actions", job.tasks[0]))
     runner.close()
     adv, _ = compute_gae(roll.rewards, roll.values, roll.dones, roll.last_value, job.ppo.gamma, job.ppo.gae_lambda)
-    adv = adv[:, 0]
     if cfg.standardize_advantages:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    task = torch.full((steps,), job.task, dtype=torch.long)
-    z = torch.cat([job.projector.features(job.policy, roll.obs[sl, 0], task[sl], roll.actions[sl, 0]).detach()
-                   for sl in (slice(s, s + job.batch_size) for s in range(0, steps, job.batch_size))])
-    a = adv.numpy()
+        adv = (adv - adv.mean(0)) / (adv.std(0) + 1e-8)
+    # (steps, envs) -> task-major rows: all of task tasks[0]'s steps in order, then the next task's.
+    obs, actions, a = (x.transpose(0, 1).reshape(steps * len(job.tasks), *x.shape[2:])
+                       for x in (roll.obs, roll.actions, adv))
+    task = roll.task.repeat_interleave(steps)
+    z = torch.cat([job.projector.features(job.policy, obs[sl], task[sl], actions[sl]).detach()
+                   for sl in (slice(s, s + job.batch_size) for s in range(0, len(obs), job.batch_size))])
+    a = a.numpy()
+    holdout = np.arange(steps) >= int(round(steps * (1 - cfg.holdout_fraction)))
     return {"z": z.numpy(), "y": np.where(a >= 0, 1.0, -1.0), "w": np.abs(a), "task": task.numpy(),
-            "holdout": np.arange(steps) >= int(round(steps * (1 - cfg.holdout_fraction)))}
+            "holdout": np.tile(holdout, len(job.tasks))}
 
 
 def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], projector: Projector, cfg: EstimateConfig,
                      ppo: PPOConfig, seed: int, path: str | Path | None = None,
                      executor: Executor | None = None, progress: Callable[[int], None] | None = None) -> GradientStore:
     """``cfg.transitions_per_task`` transitions per task (one per factory) at theta*, GAE advantages from
-    theta*'s critic, projected gradients streamed into a store (on disk at ``path``, else in memory). Tasks
-    are independent items of ``executor`` (default: in this process); task i's env and action seeds derive
-    from (seed, i) alone, so the store does not depend on the executor or its workers.
+    theta*'s critic, projected gradients streamed into a store (on disk at ``path``, else in memory). Chunks
+    of ``CHUNK_TASKS`` tasks are independent items of ``executor`` (default: in this process); seeds derive
+    from (seed, task), so the store does not depend on the executor or its workers. ``progress`` counts tasks.
 
     Advantages are standardised per task (``cfg.standardize_advantages``): a critic shared by all tasks is
     biased per task, and that bias, not the action's quality, would otherwise decide sign(A). The last
@@ -73,12 +81,13 @@ def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], proje
     """
     n, steps = len(factories), cfg.transitions_per_task
     writer = GradientStore.create(path, n * steps, projector.dim, n)
-    jobs = [TaskFeatureJob(policy, f, i, projector, cfg, ppo, derive_seed(seed, i)) for i, f in enumerate(factories)]
+    chunks = [c.tolist() for c in np.array_split(np.arange(n), -(-n // CHUNK_TASKS))]
+    jobs = [ChunkFeatureJob(policy, [factories[i] for i in c], c, projector, cfg, ppo, seed) for c in chunks]
 
-    def write(i: int, rows: dict[str, np.ndarray]) -> None:  # task-major rows, as each task arrives
-        writer.write(i * steps, **rows)
+    def write(j: int, rows: dict[str, np.ndarray]) -> None:  # task-major rows, as each chunk arrives
+        writer.write(chunks[j][0] * steps, **rows)
         if progress is not None:
-            progress(1)
+            progress(len(chunks[j]))
 
-    (executor or LocalExecutor(1)).map(task_features, jobs, write)
+    (executor or LocalExecutor(1)).map(chunk_features, jobs, write)
     return writer.close()

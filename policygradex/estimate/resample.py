@@ -47,7 +47,7 @@ class Blocks:
     fit_task: np.ndarray
     """(fit blocks,): the task each fit block came from."""
     ho_z: torch.Tensor
-    """(held-out rows, d) of all tasks, float64."""
+    """(held-out rows, d) of all tasks, in the store's precision."""
     ho_y: torch.Tensor
     ho_w: torch.Tensor
     ho_rows: list[np.ndarray]
@@ -68,7 +68,8 @@ def make_blocks(store: GradientStore, block_length: int) -> Blocks:
             fit_b.append(wy[rows] @ z[rows])
             fit_task.append(i)
         ho = store.rows(i, holdout=True)
-        cols = [torch.as_tensor(store.read(k, ho), dtype=torch.float64) for k in ("z", "y", "w")]
+        cols = [torch.as_tensor(store.read("z", ho))] + [torch.as_tensor(store.read(k, ho), dtype=torch.float64)
+                                                         for k in ("y", "w")]
         ho_parts.append(cols)
         for rows in _split(len(cols[0]), block_length):
             ho_rows.append(rows + offset)
@@ -121,20 +122,18 @@ def resampled_affinities(store: GradientStore, blocks: Blocks, subsets: np.ndarr
     member = torch.as_tensor(distinct, dtype=torch.float64)
     b = torch.stack([torch.stack([blocks.fit_b[d].sum(0) for d in draw.fit]) for draw in draws])  # (D, n, d)
     holdout = [[np.concatenate([blocks.ho_rows[j] for j in ids]) for ids in draw.holdout] for draw in draws]
-    scores = np.full((len(draws), len(distinct), n), np.nan)
+    betas = torch.empty(len(draws), len(distinct), store.d, dtype=blocks.ho_z.dtype)
     for start in range(0, len(distinct), chunk):
         rows = slice(start, start + chunk)
         L, _, count = bound_factors(store.stats, member[rows], ridge)
         # Every draw is one more right-hand side of the same triangular systems: (chunk, d, draws).
         rhs = torch.einsum("sn,rnk->skr", member[rows], b) / (2 * count)[:, None, None]
         half = torch.linalg.solve_triangular(L, rhs, upper=False)
-        betas = torch.linalg.solve_triangular(L.mT, half, upper=True).permute(2, 0, 1)  # (draws, chunk, d)
+        betas[:, rows] = torch.linalg.solve_triangular(L.mT, half, upper=True).permute(2, 0, 1).to(betas.dtype)
+    scores = np.full((len(draws), len(distinct), n), np.nan)
+    for i in range(n):  # each (draw, task)'s held-out rows gathered once, scored against all its subsets
+        held = np.flatnonzero(distinct[:, i])
         for r, ho in enumerate(holdout):
-            for i in range(n):
-                held = np.flatnonzero(distinct[rows, i])
-                if len(held) == 0:
-                    continue
-                z, y, w = blocks.ho_z[ho[i]], blocks.ho_y[ho[i]], blocks.ho_w[ho[i]]
-                base = float(w.mean() * np.log(2.0))
-                scores[r, start + held, i] = base - logistic_loss(z, y, w, betas[r, held]).numpy()
+            z, y, w = blocks.ho_z[ho[i]], blocks.ho_y[ho[i]], blocks.ho_w[ho[i]]
+            scores[r, held, i] = float(w.mean() * np.log(2.0)) - logistic_loss(z, y, w, betas[r, held]).numpy()
     return affinity_from_scores(subsets, scores[:, inverse])

@@ -29,7 +29,7 @@ from policygradex.cluster.significance import Confidence, nmi, partition_values
 from policygradex.config import AdaptConfig, Config, DownstreamConfig, PPOConfig
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
-from policygradex.estimate.features import collect_features
+from policygradex.estimate.features import CHUNK_TASKS, collect_features
 from policygradex.estimate.projection import make_projector
 from policygradex.estimate.resample import bootstrap_draw, make_blocks, null_draw, resampled_affinities
 from policygradex.estimate.store import GradientStore
@@ -212,7 +212,7 @@ class Pipeline:
             n = self.family.n_tasks
             # Small work runs here: starting worker processes (seconds each) would cost more than it saves.
             # The store is the same either way (every task has its own seeds).
-            executor = self.executor if n * est.transitions_per_task >= IN_PROCESS_BELOW else None
+            executor = self.executor if n * est.transitions_per_task >= IN_PROCESS_BELOW and n > CHUNK_TASKS else None
             with self.progress.stage("2/5 gradient features", n) as advance:
                 projector = make_projector(est.projector, policy, est.proj_dim,
                                            derive_seed(self.cfg.seed, "projection"))

@@ -52,13 +52,15 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor
 
 
 class TaskRunner:
-    """A vectorised env whose env ``e`` runs task ``task[e]``; keeps its state between rollouts."""
+    """A vectorised env whose env ``e`` runs task ``task[e]``; keeps its state between rollouts. ``seed``: one
+    seed for all (env e is reset with seed + e, gymnasium's rule) or one per env."""
 
-    def __init__(self, factories: Sequence[EnvFactory], task: Sequence[int], seed: int, gamma: float) -> None:
+    def __init__(self, factories: Sequence[EnvFactory], task: Sequence[int], seed: int | Sequence[int],
+                 gamma: float) -> None:
         self.envs = gym.vector.SyncVectorEnv(list(factories), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.task = torch.as_tensor(np.asarray(task), dtype=torch.long)
         self.gamma = gamma
-        obs, _ = self.envs.reset(seed=seed)
+        obs, _ = self.envs.reset(seed=seed if isinstance(seed, int) else list(seed))
         self.obs = torch.as_tensor(obs, dtype=torch.float32)
         self.running_return = np.zeros(len(factories))
 
@@ -87,9 +89,10 @@ class TaskRunner:
             next_obs, reward, terminated, truncated, info = self.envs.step(policy.env_action(action))
             rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
             self.running_return += reward
-            for e in np.flatnonzero(truncated & ~terminated):  # bootstrap cut-off episodes
-                final = torch.as_tensor(info["final_obs"][e], dtype=torch.float32)[None]
-                rewards[t, e] += self.gamma * policy.value(final, self.task[e:e + 1])[0]
+            cut = np.flatnonzero(truncated & ~terminated)  # bootstrap cut-off episodes, in one forward
+            if len(cut):
+                final = torch.as_tensor(np.stack(info["final_obs"][cut]), dtype=torch.float32)
+                rewards[t, cut] += self.gamma * policy.value(final, self.task[cut])
             done = terminated | truncated
             for e in np.flatnonzero(done):
                 finished.append((int(self.task[e]), float(self.running_return[e])))
