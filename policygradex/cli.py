@@ -8,20 +8,45 @@ user can fix print one line and exit with code 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import shutil
 import sys
+import textwrap
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
+import click
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from policygradex.config import Config, field_docs, with_overrides
-from policygradex.errors import PGXError
+from policygradex.errors import ConfigError, PGXError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Group(TyperGroup):
+    """Lists each command with its whole first paragraph, wrapped (click cuts it to one line)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                text = cmd.short_help or (cmd.help or "").split("\n\n")[0]
+                rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+# Help is plain click text, not rich's option tables: those cut long flag names (--meta-steps-per-ta…) to fit
+# narrow terminals, while click wraps the help beside them and never shortens a name.
+PLAIN = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}, "cls": _Group}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, **PLAIN,
                   help="Which RL tasks to train together: PolicyGradEx task grouping from projected gradients.")
 
 
@@ -33,7 +58,7 @@ class Option:
     flag: str
     kind: type  # the type typer parses (tuples travel as comma-separated strings)
     tuple_of: type | None
-    default: Any  # as --help shows it
+    default: Any  # Config()'s, as text (--help shows the --family's own: ConfigCommand)
     help: str
 
 
@@ -54,6 +79,25 @@ def config_options() -> list[Option]:
             options.append(Option(flag.replace("-", "_"), section, f.name, "--" + flag.replace("_", "-"), kind,
                                   tuple_of, shown, docs.get(f.name, "")))
     return options
+
+
+@functools.cache
+def _options_by_param() -> dict[str, Option]:
+    return {o.param: o for o in config_options()}
+
+
+def flag_for(field: str) -> str:
+    """The option of a dotted config field (``meta.gamma`` -> ``--meta-gamma``, ``cluster.k`` -> ``--k``,
+    ``seed`` -> ``--seed``); the dotted name itself when no option sets it."""
+    for o in _options_by_param().values():
+        if (f"{o.section}.{o.field}" if o.section else o.field) == field:
+            return o.flag
+    return field
+
+
+def error_message(exc: PGXError) -> str:
+    """What the CLI prints after ``error:``; a ConfigError names the flag that sets the field."""
+    return f"{flag_for(exc.field)} {exc.reason}" if isinstance(exc, ConfigError) else str(exc)
 
 
 def _parse_type(hint: Any) -> tuple[type, type | None]:
@@ -84,23 +128,119 @@ def build_config(values: dict[str, Any], family: str, quick: bool) -> Config:
     return with_overrides(Config.for_family(family, quick), overrides)
 
 
-def with_config_options(fn):
-    """Give ``fn`` one keyword option per config field, on top of its own parameters."""
+SECTION_TITLES = {None: "General"}
+"""Help section of each config section (default: its name capitalised)."""
+
+
+def _section_doc(section: str | None) -> str:
+    """One sentence saying what a config section sets, from its docstrings."""
+    if section is None:
+        return "The seed, and where work runs (which never changes results)."
+    doc = field_docs(Config).get(section) or inspect.getdoc(type(getattr(Config(), section))) or ""
+    first = " ".join(doc.split()).replace("``", "").split(". ")[0]
+    return first if first.endswith(".") else first + "."
+
+
+def _shown(value: Any) -> str | None:
+    """A default as help shows it; None when there is none to show (its help says what happens)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _help_family(args: Sequence[str], default: str) -> tuple[str, bool]:
+    """(family, quick) named on a command line, for the defaults its help shows; the last --family wins,
+    as in the real parse, and an unknown name falls back to ``default`` (the real parse reports it)."""
+    from policygradex.tasks import family_info
+
+    family, quick = default, False
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--family" and i + 1 < len(args):
+            family = args[i + 1]
+        elif arg.startswith("--family="):
+            family = arg.partition("=")[2]
+        elif arg == "--quick":
+            quick = True
+    try:
+        family_info(family)
+    except PGXError:
+        family = default
+    return family, quick
+
+
+class ConfigCommand(TyperCommand):
+    """A command with config options: its help groups them by section and shows the defaults of the family
+    the command line names (``run --family planted --help``), since help is printed before options are parsed."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        family = next((p.default for p in self.params if p.name == "family"), "cartpole")
+        ctx.meta["policygradex.help_family"] = _help_family(args, family)
+        return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        options = _options_by_param()
+        family, quick = ctx.meta.get("policygradex.help_family", ("cartpole", False))
+        cfg = Config.for_family(family, quick)
+        own, sections = [], {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            opt = options.get(param.name or "")
+            if opt is None:
+                own.append(record)
+                continue
+            value = getattr(cfg if opt.section is None else getattr(cfg, opt.section), opt.field)
+            shown = _shown(value)
+            name, text = record
+            sections.setdefault(opt.section, []).append((name, f"{text}  [default: {shown}]" if shown else text))
+        if own:
+            with formatter.section("Options"):
+                formatter.write_dl(own)
+        if sections:
+            formatter.write_paragraph()
+            formatter.write_text(f"Defaults shown: the {family} family's{' quick preset' if quick else ''} "
+                                 "(--family NAME --help shows another family's; --quick, the quick preset).")
+        for section, rows in sections.items():
+            title = SECTION_TITLES.get(section) or str(section).capitalize()
+            with formatter.section(f"{title} options"):
+                formatter.write_text(_section_doc(section))
+                formatter.write_paragraph()
+                formatter.write_dl(rows)
+
+
+def with_config_options(fn=None, *, validate: bool = False):
+    """Give ``fn`` one keyword option per config field, on top of its own parameters; the ``validate``
+    section's only with ``validate=True`` (``policygradex validate``). Register ``fn`` with
+    ``cls=ConfigCommand`` for grouped help with the family's defaults."""
+    if fn is None:
+        return functools.partial(with_config_options, validate=validate)
     own = list(inspect.signature(fn).parameters.values())
     own = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
     extra = [
         inspect.Parameter(o.param, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[o.kind],  # noqa: UP045
                           default=typer.Option(None, o.flag if o.kind is not bool else f"{o.flag}/--no-{o.flag[2:]}",
-                                               help=o.help, show_default=str(o.default),
-                                               rich_help_panel=(o.section or "run").capitalize()))
-        for o in config_options()
+                                               help=o.help, show_default=False, metavar=_metavar(o)))
+        for o in config_options() if validate or o.section != "validate"
     ]
     fn.__signature__ = inspect.Signature(own + extra)
     return fn
 
 
+def _metavar(o: Option) -> str | None:
+    if o.tuple_of is not None:
+        return {int: "INT", float: "FLOAT"}.get(o.tuple_of, "NAME") + "[,...]"
+    return None
+
+
 def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -116,7 +256,7 @@ def _guarded(action):
     try:
         return action()
     except PGXError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(error_message(exc)) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; run the same command again to resume")
         raise typer.Exit(130) from None
@@ -129,7 +269,7 @@ def _family_and_config(family: str, n_tasks: int | None, quick: bool, values: di
     return make_family(family, n_tasks=n_tasks, seed=cfg.seed), cfg
 
 
-@app.command("run")
+@app.command("run", cls=ConfigCommand)
 @with_config_options
 def run_cmd(out: Path = OUT, family: str = FAMILY, n_tasks: Optional[int] = N_TASKS,  # noqa: UP045
             quick: bool = QUICK, progress: bool = PROGRESS, **values: Any) -> None:
@@ -152,7 +292,7 @@ def run_cmd(out: Path = OUT, family: str = FAMILY, n_tasks: Optional[int] = N_TA
         console.print(f"NMI against the family's true grouping: {score:.3f}")
 
 
-@app.command("compare")
+@app.command("compare", cls=ConfigCommand)
 @with_config_options
 def compare_cmd(out: Path = OUT, family: str = FAMILY, seeds: int = typer.Option(5, "--seeds", help="Number of seeds "
                 "(seed, seed+1, ...); each is a whole run in OUT/seed-S."),
@@ -176,8 +316,8 @@ def compare_cmd(out: Path = OUT, family: str = FAMILY, seeds: int = typer.Option
     console.print(f"report: {Path(out) / 'report.html'}")
 
 
-validate_app = typer.Typer(no_args_is_help=True, help="The paper's claims measured in a run folder; each study "
-                           "writes a JSON file there and a section of the report.")
+validate_app = typer.Typer(no_args_is_help=True, **PLAIN, help="The paper's claims measured in a run folder; each "
+                           "study writes a JSON file there and a section of the report.")
 app.add_typer(validate_app, name="validate")
 
 STUDY_HELP = {
@@ -203,11 +343,11 @@ def _study_command(study: str):
         print(json.dumps(shown if study != "approx" else {**shown, "rows": result["rows"]}))
 
     command.__doc__ = STUDY_HELP[study]
-    return with_config_options(command)
+    return with_config_options(command, validate=True)
 
 
 for _study in STUDY_HELP:
-    validate_app.command(_study)(_study_command(_study))
+    validate_app.command(_study, cls=ConfigCommand)(_study_command(_study))
 
 
 @app.command("tasks")
@@ -215,13 +355,21 @@ def tasks_cmd() -> None:
     """List the built-in task families and what varies across their tasks."""
     from policygradex.tasks import FAMILIES
 
-    table = Table("family", "tasks", "what varies", "extra")
-    for name, info in FAMILIES.items():
-        table.add_row(name, info.summary, info.varies, info.extra or "-")
-    Console().print(table)
+    # one block per family, wrapped at spaces to the terminal: a four-column table is too narrow at 80 columns
+    # and cut the metaworld: and mo: examples
+    width = max(min(shutil.get_terminal_size().columns, 100), 40)
+    for i, (name, info) in enumerate(FAMILIES.items()):
+        rows = [("tasks", info.summary), ("varies", info.varies)]
+        if info.extra:
+            rows.append(("needs", f'pip install "policygradex[{info.extra}]"'))
+        lines = [click.style(name, bold=True)]
+        for label, text in rows:
+            lines.append(textwrap.fill(text, width, initial_indent=f"  {label:<8}", subsequent_indent=" " * 10,
+                                       break_on_hyphens=False))
+        click.echo(("\n" if i else "") + "\n".join(lines))
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one JSON object per line.")
+bench_app = typer.Typer(no_args_is_help=True, **PLAIN, help="Benchmarks; each prints one JSON object per line.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -294,7 +442,7 @@ def main() -> None:
     try:
         app()
     except PGXError as exc:  # raised outside a command's own handler (option parsing helpers)
-        Console(stderr=True).print(f"error: {exc}", highlight=False)
+        Console(stderr=True).print(f"error: {error_message(exc)}", highlight=False, markup=False)
         sys.exit(2)
 
 

@@ -16,14 +16,23 @@ from typing import Any
 import numpy as np
 
 
+def file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give a new file under the user's umask (0644 for umask 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``."""
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``, with the mode the user's umask
+    gives new files (a temporary file starts at 0600: readable by its owner alone)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -11,9 +11,11 @@ factories (lambdas, closures) reach the workers too.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
@@ -51,6 +53,25 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Workers started inside this block do not re-import the user's ``__main__``.
+
+    A spawned worker normally re-runs the script that started it (multiprocessing's rule), so a script
+    without an ``if __name__ == "__main__":`` guard would start the whole computation again in every worker.
+    Items reach workers through cloudpickle, which carries functions and classes of ``__main__`` by value,
+    so workers never need that module: with its file and spec hidden while workers start, they skip it."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        for k in saved:
+            setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
 
 
 def _call(blob: bytes) -> Any:
@@ -100,7 +121,8 @@ class LocalExecutor(Executor):
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=init_worker)
         results: list[Any] = [None] * len(items)
-        futures = {self._pool.submit(_call, cloudpickle.dumps((fn, item))): i for i, item in enumerate(items)}
+        with _main_not_rerun():  # the pool starts its workers as items are submitted
+            futures = {self._pool.submit(_call, cloudpickle.dumps((fn, item))): i for i, item in enumerate(items)}
         try:
             for fut in as_completed(futures):
                 i = futures[fut]

@@ -87,7 +87,7 @@ def test_unwritable_out_is_a_one_line_error(tmp_path):
 
 def test_bad_config_value_is_a_one_line_error(tmp_path):
     _assert_clean_error(_run(["--out", str(tmp_path / "x"), *QUICK, "--estimate-holdout-fraction", "2"]),
-                        "holdout_fraction")
+                        "--estimate-holdout-fraction must lie strictly between 0 and 1")
 
 
 def test_existing_run_with_other_config_is_refused_and_kept(quick_run):
@@ -128,11 +128,158 @@ def test_damaged_artifact_is_recomputed_with_a_warning(quick_run):
     assert (quick_run / "groups.json").read_text() == groups
 
 
-def test_more_groups_than_tasks_is_a_one_line_error(tmp_path):
-    _assert_clean_error(_run(["--out", str(tmp_path / "x"), *QUICK, "--k", "9"]), "between 1 and 4")
+def test_more_groups_than_tasks_is_refused_before_any_work(tmp_path):
+    _assert_clean_error(_run(["--out", str(tmp_path / "x"), *QUICK, "--k", "9"]), "--k is 9 but the family has 4 tasks")
+    assert not (tmp_path / "x").exists()  # nothing recorded: the same folder then takes --k 2
 
 
-@pytest.mark.parametrize("args,message", [(["--executor", "dask"], "executor must be one of local, ray"),
-                                          (["--ray-address", "10.0.0.1:6379"], "--ray-address needs --executor ray")])
+def test_diverging_meta_training_stops_with_one_line(tmp_path):
+    result = _run(["--out", str(tmp_path / "x"), *QUICK, "--meta-learning-rate", "1e30"])
+    _assert_clean_error(result, "meta-training theta* (stage 1) diverged")
+    assert "--meta-learning-rate" in result.output
+
+
+def test_saturated_meta_policy_is_refused_before_the_surrogates(tmp_path):
+    # lr 1000 keeps the parameters finite but makes theta* deterministic: zero gradient features
+    result = _run(["--out", str(tmp_path / "x"), *QUICK, "--meta-learning-rate", "1000"])
+    _assert_clean_error(result, "are all zero or non-finite")
+    assert "--meta-learning-rate" in result.output
+
+
+def test_artifacts_are_readable_as_the_umask_allows(quick_run):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("groups.json", "affinity.npy", "report.html", "meta_policy.pt"):
+        assert (quick_run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+@pytest.mark.parametrize("args,message", [(["--executor", "dask"], "--executor must be one of local, ray"),
+                                          (["--ray-address", "10.0.0.1:6379"], "--ray-address needs the ray executor")])
 def test_bad_executor_settings_are_one_line_errors(tmp_path, args, message):
     _assert_clean_error(_run(["--out", str(tmp_path / "x"), *QUICK, *args]), message)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--meta-gamma", "7"], "error: --meta-gamma must lie in (0, 1], got 7"),
+    (["--k", "0"], "error: --k must be at least 1, got 0"),
+    (["--seed", "-1"], "error: --seed must lie in"),
+    (["--workers", "0"], "error: --workers must be positive"),
+    (["--downstream-trainer", "softmod", "--no-train-task-conditioned"], "error: --train-task-conditioned must be on"),
+    (["--downstream-trainer", "maml", "--downstream-protocol", "multi-task"], "error: --downstream-protocol must be"),
+])
+def test_config_errors_name_the_flag_on_one_line(tmp_path, args, message):
+    result = _run(["--out", str(tmp_path / "x"), *QUICK, *args])
+    _assert_clean_error(result, message)
+    assert result.output.strip().count("\n") == 0, result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_flag_for_maps_dotted_fields_to_their_options():
+    from policygradex.cli import flag_for
+
+    assert flag_for("meta.gamma") == "--meta-gamma" and flag_for("estimate.proj_dim") == "--estimate-proj-dim"
+    assert flag_for("cluster.k") == "--k" and flag_for("seed") == "--seed"
+    assert flag_for("ray_address") == "--ray-address"
+    assert flag_for("train.task_conditioned") == "--train-task-conditioned"
+    assert flag_for("nowhere.field") == "nowhere.field"
+
+
+NARROW = {"env": {"COLUMNS": "80"}, "terminal_width": 80}
+
+
+def _help(*args):
+    result = CliRunner().invoke(app, [*args, "--help"], **NARROW)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _cut(text):
+    """Lines over 80 columns, or that end cut short (rich's '…', click's '...' after a command's help)."""
+    return [line for line in text.splitlines() if len(line) > 80 or "…" in line
+            or (line.endswith("...") and not line.startswith("Usage:"))]
+
+
+def _flags(text):
+    import re
+
+    return set(re.findall(r"(?<![\w-])--[a-z][\w-]*", text))
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare"], ["validate", "approx"], ["validate", "ablate"]])
+def test_help_shows_every_flag_in_full_at_80_columns(command):
+    from policygradex.cli import config_options
+
+    text = _help(*command)
+    expected = {o.flag for o in config_options() if command[0] == "validate" or o.section != "validate"}
+    assert expected <= _flags(text), sorted(expected - _flags(text))
+    assert not _cut(text)
+    for section in ("General options:", "Meta options:", "Estimate options:", "Cluster options:"):
+        assert section in text  # still grouped by config section
+
+
+def test_top_level_and_group_help_fit_80_columns_uncut():
+    for command in ([], ["validate"], ["bench"], ["bench", "grouping"], ["tasks"]):
+        text = _help(*command)
+        assert not _cut(text), command
+    assert "train groups and baselines, report." in " ".join(_help().split())
+
+
+def _shown_default(text, flag):
+    """The [default: ...] of ``flag``'s entry in help ``text`` (None if it shows none)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] and line.split()[0] == flag)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("--") or not lines[i].strip()),
+               len(lines))
+    entry = " ".join(" ".join(lines[start:end]).split())
+    return entry.split("[default: ")[1].split("]")[0] if "[default: " in entry else None
+
+
+def test_help_shows_the_defaults_of_the_family_named():
+    from policygradex.config import Config
+
+    planted, cartpole = Config.for_family("planted"), Config.for_family("cartpole")
+    assert planted.estimate.transitions_per_task == 8192 != cartpole.estimate.transitions_per_task
+    flag = "--estimate-transitions-per-task"
+    for args, cfg in ((["--family", "planted"], planted), (["--family=planted"], planted), ([], cartpole),
+                      (["--family", "cartpole"], cartpole), (["--family", "no-such-family"], cartpole)):
+        for command in ("run", "compare"):
+            text = _help(command, *args)
+            assert _shown_default(text, flag) == str(cfg.estimate.transitions_per_task), (command, args)
+            assert _shown_default(text, "--downstream-trainer") == cfg.downstream.trainer
+            assert _shown_default(text, "--meta-steps-per-task") == str(cfg.meta.steps_per_task)
+    # --help before --family, and the quick preset
+    early = CliRunner().invoke(app, ["run", "--help", "--family", "planted"], **NARROW)
+    assert early.exit_code == 0 and _shown_default(early.output, flag) == "8192"
+    quick = Config.for_family("planted", quick=True).estimate.transitions_per_task
+    assert _shown_default(_help("run", "--quick", "--family", "planted"), flag) == str(quick)
+    text = _help("validate", "ground-truth", "--family", "planted")
+    assert _shown_default(text, flag) == "8192"
+    assert _shown_default(text, "--validate-finetune-steps-per-task") == str(planted.validate.finetune_steps_per_task)
+
+
+def test_validate_options_only_under_validate(tmp_path):
+    from policygradex.cli import config_options
+
+    validate_flags = {o.flag for o in config_options() if o.section == "validate"}
+    assert {"--validate-distances", "--validate-finetune-steps-per-task", "--validate-ablate-dims"} <= validate_flags
+    for command in ("run", "compare"):
+        text = _help(command)
+        assert not _flags(text) & (validate_flags | {"--no-validate-deterministic-eval"}), command
+        assert "Validate options" not in text
+        result = CliRunner().invoke(app, [command, "--out", str(tmp_path / "x"), *QUICK, "--validate-directions", "2"])
+        assert result.exit_code == 2 and "No such option" in result.output and not (tmp_path / "x").exists()
+    for study in ("approx", "ground-truth", "ablate"):
+        assert validate_flags <= _flags(_help("validate", study)), study
+
+
+def test_tasks_is_readable_at_80_columns():
+    from policygradex.tasks import FAMILIES
+
+    result = CliRunner().invoke(app, ["tasks"], **NARROW)
+    assert result.exit_code == 0
+    assert not _cut(result.output)
+    squeezed = "".join(result.output.split())
+    for name, info in FAMILIES.items():
+        for text in (name, info.summary, info.varies):
+            assert "".join(text.split()) in squeezed, text
+    assert "mo:mo-lunar-lander-v3" in result.output and "metaworld:reach-v3,push-v3" in result.output

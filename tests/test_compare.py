@@ -57,7 +57,7 @@ def test_compare_writes_tables_and_curves_and_resumes(compared):
 @pytest.mark.parametrize("args,message", [
     (["--seeds", "0"], "--seeds"),
     (["--downstream-protocol", "meta"], "test tasks"),
-    (["--downstream-trainer", "maml"], "protocol meta"),
+    (["--downstream-trainer", "maml"], "--downstream-protocol must be 'meta'"),
 ])
 def test_compare_refuses_bad_input_in_one_line(tmp_path, args, message):
     result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "x"), *ARGS, *args])

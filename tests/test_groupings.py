@@ -66,5 +66,5 @@ def test_downstream_settings_are_checked():
         DownstreamConfig(trainer="sac")
     with pytest.raises(ConfigError, match="gradient-similarity"):
         DownstreamConfig(baselines=("single", "kmeans"))
-    with pytest.raises(ConfigError, match="protocol meta"):
+    with pytest.raises(ConfigError, match="protocol must be .meta."):
         Config(downstream=DownstreamConfig(trainer="maml"))

@@ -89,6 +89,6 @@ def test_maml_meta_trains_within_its_budget_first_and_second_order():
         res = train_maml(fam.factories([0, 1]), fam.observation_space, fam.action_space, ppo,
                          AdaptConfig(steps=64, second_order=second_order), seed=0, progress=steps.append)
         assert not res.policy.task_conditioned
-        assert sum(steps) == 2 * len(res.curve) * 128 and 600 <= len(res.curve) * 128 < 600 + 128
+        assert sum(steps) == 2 * 600 and 600 <= len(res.curve) * 128 < 600 + 128  # the bar ends at the budget
         assert all(len(returns) == 2 for _, returns in res.curve)  # post-adaptation return of each task
         assert all(np.isfinite(v.detach().numpy()).all() for v in res.policy.parameters())

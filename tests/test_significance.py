@@ -40,6 +40,22 @@ def test_null_test_keeps_noise_in_one_group_and_counts_planted_blocks():
         assert choice.excess[blocks - 1] > 0  # k itself beats the null
 
 
+def test_a_split_that_does_not_replicate_gives_way_to_one_group():
+    rng = np.random.default_rng(2)
+    null = np.stack([partition_values(block_affinity(1, rng)) for _ in range(49)])
+    U = block_affinity(2, rng)  # beats the null clearly
+    replicating = np.stack([block_affinity(2, rng) for _ in range(10)])
+    kept = group(U, ClusterConfig(), 0, null, replicating)
+    assert kept.k == 2 and kept.confidence.stability > 0.9
+    # bootstrap draws without that structure: the split is not seen again
+    noise = np.stack([block_affinity(1, rng) for _ in range(10)])
+    dropped = group(U, ClusterConfig(), 0, null, noise)
+    assert dropped.k == 1 and dropped.null_p <= 0.05 and "does not replicate" in dropped.reason
+    assert dropped.confidence.stability > 0.5  # most noise draws are one group too: agreement with the answer
+    assert group(U, ClusterConfig(min_stability=0.0), 0, null, noise).k == 2  # the check off
+    assert group(U, ClusterConfig(k=2), 0, null, noise).k == 2  # a fixed k is never overruled
+
+
 def test_partition_values_are_the_sdp_objective_of_a_partition():
     rng = np.random.default_rng(1)
     U = block_affinity(3, rng, noise=0.0)

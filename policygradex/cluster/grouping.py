@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from policygradex.cluster.sdp import Grouping, partition
-from policygradex.cluster.significance import KChoice, bootstrap_confidence, choose_k, partition_values
+from policygradex.cluster.significance import KChoice, choose_k, confidence, partition_values
 from policygradex.config import ClusterConfig
 from policygradex.errors import PGXError
 
@@ -19,7 +19,8 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
     k is ``cfg.k`` when set, else chosen by ``cfg.trace_penalty`` when set, else by the null test at level
     ``cfg.alpha`` against ``null_values`` ((draws, K) partition values of affinities from data resampled
     with the tasks exchangeable; ``cluster/significance.py``). ``bootstrap`` ((draws, n, n) affinities) adds
-    co-membership confidence.
+    co-membership confidence, and with k from the null test a split must also replicate: one whose bootstrap
+    stability is below ``cfg.min_stability`` gives way to one group.
     """
     U = (np.asarray(affinity, dtype=float) + np.asarray(affinity, dtype=float).T) / 2
     n = len(U)
@@ -40,11 +41,20 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
         return g, test
 
     out, test = rule(U)
-    if test is not None:
-        out.null_p, out.p_values = test.p, test.p_by_k
     out.reason = _reason(out.k, test, cfg)
     if bootstrap is not None and len(bootstrap):
-        out.confidence = bootstrap_confidence(out.groups, bootstrap, lambda A: rule(A)[0].groups)
+        drawn = [rule(A)[0].groups for A in bootstrap]
+        out.confidence = confidence(out.groups, drawn)
+        chosen_by_test = cfg.k is None and cfg.trace_penalty is None
+        if chosen_by_test and out.k > 1 and out.confidence.stability < cfg.min_stability:
+            split = out
+            out = Grouping([list(range(n))], "null-test-unstable")
+            out.confidence = confidence(out.groups, drawn)
+            out.reason = (f"one group: a split into {split.k} beats the null at {cfg.alpha:.0%} (p = {test.p:.2f}) "
+                          f"but does not replicate on bootstrap resamples (stability {split.confidence.stability:.2f}"
+                          f" < {cfg.min_stability:g})")
+    if test is not None:
+        out.null_p, out.p_values = test.p, test.p_by_k
     return out
 
 

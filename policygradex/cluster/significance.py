@@ -30,7 +30,6 @@ the SDP), and co-membership C_ij is the share of draws that put tasks i and j to
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,18 +101,14 @@ class Confidence:
     """The number of groups each bootstrap draw chose."""
 
 
-def bootstrap_confidence(groups: list[list[int]], draws: np.ndarray,
-                         group_fn: Callable[[np.ndarray], list[list[int]]]) -> Confidence:
-    """Group every bootstrap affinity in ``draws`` (B, n, n) with ``group_fn`` and compare with ``groups``."""
+def confidence(groups: list[list[int]], drawn: list[list[list[int]]]) -> Confidence:
+    """How far the groupings of bootstrap draws (``drawn``) agree with ``groups``."""
     n = sum(len(g) for g in groups)
     together = np.zeros((n, n))
-    nmis, ks = [], []
-    for U in draws:
-        drawn = group_fn(U)
-        ks.append(len(drawn))
-        together += _same_group(drawn, n)
-        nmis.append(nmi(groups, drawn, n))
-    co = together / max(1, len(draws))
+    for d in drawn:
+        together += _same_group(d, n)
+    nmis, ks = [nmi(groups, d, n) for d in drawn], [len(d) for d in drawn]
+    co = together / max(1, len(drawn))
     conf = np.zeros(n)
     for g in groups:
         for i in g:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from policygradex.config import EstimateConfig, PPOConfig
+from policygradex.errors import PGXError
 from policygradex.estimate.projection import Projector
 from policygradex.estimate.store import GradientStore
 from policygradex.parallel import Executor, LocalExecutor
@@ -91,3 +92,15 @@ def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], proje
 
     (executor or LocalExecutor(1)).map(chunk_features, jobs, write)
     return writer.close()
+
+
+def check_features(store: GradientStore, names: Sequence[str]) -> None:
+    """Refuse features that no subset could move: all zero (theta* deterministic on the task, the mark of a
+    diverged or saturated meta-training) or non-finite."""
+    H = store.stats.H
+    trace = torch.diagonal(H, dim1=-2, dim2=-1).sum(-1)
+    dead = [names[i] for i in range(len(H)) if not (torch.isfinite(H[i]).all() and trace[i] > 0)]
+    if dead:
+        raise PGXError(f"the gradient features of task(s) {', '.join(dead[:6])}{' ...' if len(dead) > 6 else ''} "
+                       "are all zero or non-finite: theta* acts deterministically there (meta-training diverged or "
+                       "saturated); lower --meta-learning-rate or --meta-steps-per-task")

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,10 +26,10 @@ from policygradex import io
 from policygradex.cluster.grouping import group
 from policygradex.cluster.sdp import Grouping, partition
 from policygradex.cluster.significance import Confidence, nmi, partition_values
-from policygradex.config import AdaptConfig, Config, DownstreamConfig, PPOConfig
+from policygradex.config import AdaptConfig, Config, DownstreamConfig, PPOConfig, check_fits
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
-from policygradex.estimate.features import CHUNK_TASKS, collect_features
+from policygradex.estimate.features import CHUNK_TASKS, check_features, collect_features
 from policygradex.estimate.projection import make_projector
 from policygradex.estimate.resample import bootstrap_draw, make_blocks, null_draw, resampled_affinities
 from policygradex.estimate.store import GradientStore
@@ -42,7 +42,7 @@ from policygradex.parallel import Executor, make_executor
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.maml import adapt, train_maml
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
-from policygradex.rl.ppo import train_ppo
+from policygradex.rl.ppo import Diverged, train_ppo
 from policygradex.seeds import derive_seed
 from policygradex.tasks.family import EnvFactory, TaskFamily
 
@@ -103,15 +103,26 @@ class GroupJob:
     """(test task index, its seed) of the test tasks to adapt to (meta protocol)."""
 
 
+@contextlib.contextmanager
+def stopping_divergence(stage: str, settings: str) -> Iterator[None]:
+    """A diverged training becomes one line that names the stage and the settings most likely to blame."""
+    try:
+        yield
+    except Diverged as exc:
+        raise PGXError(f"{stage} diverged: {exc}; lower {settings}") from None
+
+
 def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
     start = time.perf_counter()
     ds, fam = job.downstream, job.family
-    if ds.trainer == "maml":
-        result = train_maml(job.factories, fam.observation_space, fam.action_space, job.ppo, job.adapt, job.seed)
-    else:
-        ppo = job.ppo if ds.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
-        result = train_ppo(job.factories, fam.observation_space, fam.action_space, ppo, job.seed,
-                           arch="softmod" if ds.trainer == "softmod" else "mlp")
+    with stopping_divergence("group training (stage 4)", "--train-learning-rate" + (
+            " or --adapt-inner-lr" if ds.trainer == "maml" else "")):
+        if ds.trainer == "maml":
+            result = train_maml(job.factories, fam.observation_space, fam.action_space, job.ppo, job.adapt, job.seed)
+        else:
+            ppo = job.ppo if ds.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
+            result = train_ppo(job.factories, fam.observation_space, fam.action_space, ppo, job.seed,
+                               arch="softmod" if ds.trainer == "softmod" else "mlp")
     out: dict[str, Any] = {"curve": result.curve}
     if ds.protocol == "multi-task":
         ev = evaluate(result.policy, job.factories, ds.eval_episodes, job.eval_seed, ds.deterministic_eval)
@@ -134,8 +145,13 @@ class Pipeline:
                  progress: bool = True) -> None:
         torch.set_num_threads(1)
         self.family, self.cfg = family, cfg
-        identity = {"family": family.spec, "config": cfg.identity()}
-        self.folder = RunFolder.open(out, io.jsonable(identity)) if out is not None else None
+        check_fits(cfg, family.n_tasks)  # before any work, and before a folder records settings that cannot run
+        self.folder = None
+        if out is not None:
+            identity = {"family": family.spec, "config": cfg.identity()}
+            if not family.builtin:
+                identity["environments"] = family.fingerprints()
+            self.folder = RunFolder.open(out, io.jsonable(identity))
         self.progress = StageProgress(progress)
         self.seconds: dict[str, float] = self.folder.timings() if self.folder else {}
         self._inner_seconds = 0.0
@@ -197,7 +213,8 @@ class Pipeline:
         fam, ppo = self.family, self.cfg.meta
 
         def compute() -> ActorCritic:
-            with self.progress.stage("1/5 meta-train theta*", ppo.steps_per_task * fam.n_tasks) as advance:
+            with (self.progress.stage("1/5 meta-train theta*", ppo.steps_per_task * fam.n_tasks) as advance,
+                  stopping_divergence("meta-training theta* (stage 1)", "--meta-learning-rate")):
                 return train_ppo(fam.factories(range(fam.n_tasks)), fam.observation_space, fam.action_space,
                                  ppo, derive_seed(self.cfg.seed, "meta"), advance).policy
 
@@ -232,6 +249,7 @@ class Pipeline:
 
         def compute() -> dict[str, np.ndarray]:
             store = self.features(policy or self.meta_policy())
+            check_features(store, self.family.task_names)
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsets"))
             subsets = sample_subsets(n, est.subset_size, est.pair_coverage, est.max_subsets, rng)
             with self.progress.stage("3/5 subset surrogates", len(subsets)) as advance:

@@ -1,11 +1,13 @@
 """The run report: figures under figures/, and one document rendered as report.md and report.html.
 
-The document is a list of blocks (heading, text, table, image) so that Markdown and HTML never drift.
+The document is a list of blocks (heading, text, table, figure, collapsed section) so that Markdown and HTML
+never drift. Order: what was run and the groups, the summary table, the figures, then the long per-task tables.
 """
 
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,9 @@ import numpy as np
 
 from policygradex.io import atomic_write, read_json, write_text
 
-Block = tuple[str, Any]  # ("h1" | "h2" | "p" | "table" | "img", payload)
+Block = tuple[str, Any]
+"""("h1" | "h2" | "p", str), ("table", (header, rows)), ("img", (path, caption)) or
+("details", (summary, blocks)): a section collapsed in HTML."""
 
 LABELS = {"policygradex": "PolicyGradEx", "single": "single (k=1, multi-task)", "random": "random (same k)",
           "gradient-similarity": "gradient similarity (same k)", "independent": "independent (k=n)"}
@@ -26,6 +30,21 @@ PAPER_MAIN = {  # the paper's main table (PAPER_NOTES.txt): Meta-World success %
 }
 PAPER_K = {1: 71.0, 2: 89.5, 3: 94.0, 4: 95.1}  # Meta-World success % against k (approximate for k = 1)
 
+DPI = 110
+MAX_FIG_WIDTH = 9.0
+"""Inches: at ``DPI`` a figure is at most about 1000 px wide, readable at page width without scaling down."""
+TASKS_PER_PANEL = 25
+"""Rows of one panel of the per-task figure; more tasks wrap into further panels."""
+CAPTIONS = {
+    "affinity": "Left: task affinity U_ij, the predicted gain of task i from training with task j (blue helps, "
+                "red hurts); right: the share of bootstrap groupings that put tasks i and j in one group. "
+                "Tasks are ordered by PolicyGradEx group; black lines separate the groups.",
+    "returns": "Mean evaluation return per task for every grouping (dashed lines: each grouping's mean over "
+               "tasks); (G2) after a task name is the PolicyGradEx group it belongs or is routed to.",
+    "curves": "Training episode return (mean over tasks) against environment steps per task.",
+    "approx": "Relative error of the first-order approximation of log pi against the parameter distance.",
+}
+
 
 def label(method: str) -> str:
     if method.startswith("policygradex-k"):
@@ -37,40 +56,86 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:.1f}"
 
 
+def relative_gain(value: float, base: float) -> str:
+    """The change from ``base`` to ``value`` relative to |base| (so that higher is better for negative returns
+    too), with the absolute difference beside it: ``"+1.7% (+19.1)"``."""
+    rel = "n/a" if base == 0 else f"{100 * (value - base) / abs(base):+.1f}%"
+    return f"{rel} ({value - base:+.1f})"
+
+
+def task_counts(n_train: int, n_test: int) -> str:
+    """"10 training tasks, 50 test tasks", the test tasks left out when there are none."""
+    def count(n: int, what: str) -> str:
+        return f"{n} {what} task{'' if n == 1 else 's'}"
+
+    return count(n_train, "training") + (f", {count(n_test, 'test')}" if n_test else "")
+
+
+def _figure(path: str, caption: str | None = None) -> Block:
+    """A figure block, captioned from ``CAPTIONS`` unless ``caption`` is given."""
+    return ("img", (path, CAPTIONS.get(Path(path).stem, "") if caption is None else caption))
+
+
+def _group_of(groups: list[list[str]]) -> dict[str, int]:
+    """Task name -> its 1-based group number."""
+    return {t: i + 1 for i, g in enumerate(groups) for t in g}
+
+
+def _pgx_groups_of_tasks(pgx: dict[str, Any]) -> dict[str, int]:
+    """Each evaluated task's PolicyGradEx group (1-based): the one it is routed to (meta protocol) or in."""
+    if "routes" in pgx:
+        return {t: g + 1 for t, g in zip(pgx["per_task"], pgx["routes"], strict=True)}
+    return _group_of(pgx["groups"])
+
+
 def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
+    """The run report of one run folder from its metrics.json and the paths of its figures."""
     groupings = metrics["groupings"]
     methods = list(groupings)
-    names = list(groupings["policygradex"]["per_task"])  # training tasks, or test tasks (meta protocol)
     pgx = groupings["policygradex"]
+    names = list(pgx["per_task"])  # training tasks, or test tasks (meta protocol)
+    train_names = metrics.get("task_names") or [t for g in pgx["groups"] for t in g]
+    tests = [n for n in names if n not in set(train_names)]
     base = groupings.get("single")
+    grouping = metrics["grouping"]
     blocks: list[Block] = [
-        ("h1", f"policygradex run: {metrics['family']['name']} ({len(names)} tasks, seed {metrics['seed']})"),
+        ("h1", f"policygradex run: {metrics['family']['name']} "
+               f"({task_counts(len(train_names), len(tests))}, seed {metrics['seed']})"),
         ("p", metrics.get("description") or ""),
-        ("h2", f"Groups (method {metrics['grouping']['method']}, k = {metrics['grouping']['k']})"),
-        ("table", (["group", "tasks"], [[str(i + 1), ", ".join(g)] for i, g in enumerate(pgx["groups"])])),
-        ("p", trust_sentence(metrics["grouping"])),
-        ("p", "" if metrics["grouping"].get("nmi_true") is None else
-         f"NMI against the family's true grouping: {metrics['grouping']['nmi_true']:.3f}"),
+        ("h2", f"Groups (method {grouping['method']}, k = {grouping['k']})"),
+        *routing_blocks(groupings),
+        ("p", trust_sentence(grouping)),
+        ("p", "" if grouping.get("nmi_true") is None else
+         f"NMI against the family's true grouping: {grouping['nmi_true']:.3f}"),
         ("h2", "Results"),
         ("p", f"Mean evaluation return per task after {metrics['budget_steps_per_task']['train']:,} environment "
               f"steps per training task for every grouping (one policy per group, trainer "
-              f"{metrics.get('trainer', 'ppo')}); evaluated on {metrics.get('evaluated_on', 'the training tasks')}."),
+              f"{metrics.get('trainer', 'ppo')}); evaluated on {metrics.get('evaluated_on', 'the training tasks')}."
+              + ("" if base is None else " vs single = (mean - single) / |single| (positive = better, also for "
+                 "negative returns), absolute difference in brackets; a percentage of a single mean near zero "
+                 "says little.")),
     ]
     has_success = all("success_rate" in groupings[m] for m in methods)
     rows = []
     for m in methods:
-        gain = "" if base is None or m == "single" else relative_gain(groupings[m]["mean"], base["mean"])
+        gain = [] if base is None else ["" if m == "single" else relative_gain(groupings[m]["mean"], base["mean"])]
         success = [f"{100 * groupings[m]['success_rate']:.1f}%"] if has_success else []
-        rows.append([label(m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), gain, *success])
-    header = ["grouping", "k", "mean return", "vs single"] + (["success rate"] if has_success else [])
+        rows.append([label(m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), *gain, *success])
+    header = (["grouping", "k", "mean return"] + ([] if base is None else ["vs single"])
+              + (["success rate"] if has_success else []))
     blocks.append(("table", (header, rows)))
-    per_task = [[n] + [_fmt(groupings[m]["per_task"].get(n)) for m in methods] for n in names]
-    blocks.append(("table", (["task"] + [label(m) for m in methods], per_task)))
+    blocks += [_figure(f) for f in figures]
+    group_of = _pgx_groups_of_tasks(pgx)
+    what = "test task" if tests else "task"
+    per_task = [[n, str(group_of.get(n, ""))] + [_fmt(groupings[m]["per_task"].get(n)) for m in methods]
+                for n in names]
+    header = [what, "PolicyGradEx group"] + [label(m) for m in methods]
+    blocks += [("h2", "Per task"),
+               ("details", (f"Mean evaluation return per {what} ({len(names)} rows)", [("table", (header, per_task))]))]
     if has_success:
-        blocks.append(("p", "Success rate per task:"))
-        rows = [[n] + [f"{100 * groupings[m]['per_task_success'][n]:.0f}%" for m in methods] for n in names]
-        blocks.append(("table", (["task"] + [label(m) for m in methods], rows)))
-    blocks += [("img", f) for f in figures]
+        rows = [[n, str(group_of.get(n, ""))] + [f"{100 * groupings[m]['per_task_success'][n]:.0f}%" for m in methods]
+                for n in names]
+        blocks.append(("details", (f"Success rate per {what} ({len(names)} rows)", [("table", (header, rows))])))
     est = metrics["estimate"]
     blocks += [
         ("h2", "Estimator"),
@@ -83,7 +148,28 @@ def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
     return blocks
 
 
-def to_markdown(blocks: list[Block]) -> str:
+def routing_blocks(groupings: dict[str, Any]) -> list[Block]:
+    """PolicyGradEx's groups as a table; in the meta protocol with the test tasks routed to each group, and how
+    the other groupings split the test tasks."""
+    pgx = groupings["policygradex"]
+    if "routes" not in pgx:
+        return [("table", (["group", "training tasks"], [[str(i + 1), ", ".join(g)] for i, g in
+                                                          enumerate(pgx["groups"])]))]
+    tests = list(pgx["per_task"])
+    routed: list[list[str]] = [[] for _ in pgx["groups"]]
+    for t, g in zip(tests, pgx["routes"], strict=True):
+        routed[g].append(t)
+    rows = [[str(i + 1), ", ".join(g), str(len(routed[i])), ", ".join(routed[i]) or "none"]
+            for i, g in enumerate(pgx["groups"])]
+    others = [f"{label(m)}: {' / '.join(str(c) for c in res['routed'])}" for m, res in groupings.items()
+              if m != "policygradex" and "routed" in res and len(res["routed"]) > 1]
+    return [("table", (["group", "training tasks", "test tasks routed", "routed test tasks"], rows)),
+            ("p", "Each test task is adapted from the policy of the group its policy gradient at theta* is routed "
+                  "to." + ("" if not others else " Test tasks per group under the other groupings: "
+                           + "; ".join(others) + "."))]
+
+
+def _render_md(blocks: list[Block]) -> list[str]:
     out = []
     for kind, payload in blocks:
         if kind == "h1":
@@ -97,11 +183,19 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                                  + ["| " + " | ".join(r) + " |" for r in rows]))
         elif kind == "img":
-            out.append(f"![{Path(payload).stem}]({payload})")
-    return "\n\n".join(out) + "\n"
+            path, caption = payload
+            out.append(f"![{Path(path).stem}]({path})" + (f"\n\n*{caption}*" if caption else ""))
+        elif kind == "details":
+            summary, inner = payload
+            out += [f"### {summary}", *_render_md(inner)]
+    return out
 
 
-def to_html(blocks: list[Block]) -> str:
+def to_markdown(blocks: list[Block]) -> str:
+    return "\n\n".join(_render_md(blocks)) + "\n"
+
+
+def _render_html(blocks: list[Block]) -> list[str]:
     body = []
     for kind, payload in blocks:
         if kind in ("h1", "h2"):
@@ -114,19 +208,22 @@ def to_html(blocks: list[Block]) -> str:
             trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
         elif kind == "img":
-            body.append(f'<img src="{html.escape(payload)}" alt="{html.escape(Path(payload).stem)}">')
-    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em}"
+            path, caption = payload
+            cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+            body.append(f'<figure><img src="{html.escape(path)}" alt="{html.escape(Path(path).stem)}">{cap}</figure>')
+        elif kind == "details":
+            summary, inner = payload
+            body.append(f"<details><summary>{html.escape(summary)}</summary>{''.join(_render_html(inner))}</details>")
+    return body
+
+
+def to_html(blocks: list[Block]) -> str:
+    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "figure{margin:1.5em 0}figcaption{font-size:90%;color:#444}summary{cursor:pointer;margin:1em 0}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>policygradex report</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
-
-
-def relative_gain(value: float, base: float) -> str:
-    """The change from ``base`` to ``value`` relative to |base| (so that higher is better for negative returns
-    too), with the absolute difference beside it."""
-    rel = "n/a" if base == 0 else f"{100 * (value - base) / abs(base):+.1f}%"
-    return f"{rel} ({value - base:+.1f})"
+            f"<style>{style}</style></head><body>{''.join(_render_html(blocks))}</body></html>\n")
 
 
 def trust_sentence(grouping: dict[str, Any]) -> str:
@@ -143,77 +240,128 @@ def trust_sentence(grouping: dict[str, Any]) -> str:
     return f"{why}. Bootstrap stability {stability:.2f} (1 = every resample regroups the same way): {verdict}."
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI, bbox_inches="tight"))
     plt.close(fig)
+
+
+AFFINITY_BAR = ("affinity U_ij: predicted gain of task i from\ntraining with task j (change of i's standardised\n"
+                "surrogate score f(S, i), in SDs; + helps, - hurts)")
+CO_MEMBERSHIP_BAR = "share of bootstrap groupings\nputting tasks i and j together"
 
 
 def plot_affinity(path: Path, affinity: np.ndarray, names: list[str], groups: list[list[str]],
                   co_membership: np.ndarray | None = None) -> None:
-    """The affinity heatmap and, beside it, the bootstrap co-membership, tasks ordered by group."""
+    """The affinity heatmap and the bootstrap co-membership, tasks ordered by group: side by side for a few
+    tasks, one above the other for many, never wider than ``MAX_FIG_WIDTH``."""
     import matplotlib.pyplot as plt
 
+    n = len(names)
     order = [names.index(t) for g in groups for t in g]
-    panels = [(affinity, "Task affinity U", "RdBu", "U_ij: effect of task j joining a subset on task i's\n"
-                                                      "standardised predicted gain (symmetrised)")]
+    panels = [(affinity, "Task affinity U", "RdBu", AFFINITY_BAR)]
     if co_membership is not None:
-        panels.append((co_membership, "Bootstrap co-membership", "Greens", "share of resamples that put\n"
-                                                                         "tasks i and j in one group"))
-    side = 1.0 + 0.3 * len(names)
-    fig, axes = plt.subplots(1, len(panels), figsize=(min(16.0, side * len(panels) + 2.5), min(8.0, side)),
+        panels.append((co_membership, "Bootstrap co-membership", "Greens", CO_MEMBERSHIP_BAR))
+    cols = len(panels) if n <= 16 else 1
+    width = MAX_FIG_WIDTH - 0.3  # room for savefig's padding
+    side = max(2.0, min(0.5 + 0.16 * n, width / cols - 2.3, 6.0))  # heatmap edge, inches
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(width, (side + 2.3) * cols), (side + 1.3) * rows),
                              squeeze=False, layout="constrained")
     labels = [names[i] for i in order]
-    for j, (ax, (M, title, cmap, bar)) in enumerate(zip(axes[0], panels, strict=True)):
+    fontsize = float(np.clip(0.8 * side * 72 / n, 5.0, 8.0))
+    for ax, (M, title, cmap, bar) in zip(axes.flat, panels, strict=True):
         A = M[np.ix_(order, order)]
+        signed = cmap == "RdBu"
         lim = float(np.abs(A).max()) or 1.0
-        im = ax.imshow(A, cmap=cmap, vmin=-lim if cmap == "RdBu" else 0.0, vmax=lim if cmap == "RdBu" else 1.0)
-        if len(names) <= 40:
-            ax.set_xticks(range(len(order)), labels, rotation=90, fontsize=8)
-            ax.set_yticks(range(len(order)), labels if j == 0 else [], fontsize=8)
+        im = ax.imshow(A, cmap=cmap, vmin=-lim if signed else 0.0, vmax=lim if signed else 1.0)
+        if n <= 60:
+            ax.set_xticks(range(n), labels, rotation=90, fontsize=fontsize)
+            ax.set_yticks(range(n), labels, fontsize=fontsize)
         else:
-            ax.set_xlabel("tasks, ordered by group")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax.set_xlabel("task j (ordered by PolicyGradEx group)", fontsize=9)
+        ax.set_ylabel("task i", fontsize=9)
         edge = -0.5
         for g in groups[:-1]:
             edge += len(g)
             ax.axhline(edge, color="k", lw=1.2)
             ax.axvline(edge, color="k", lw=1.2)
-        ax.set_title(title + " (ordered by PolicyGradEx group)", fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.046, label=bar)
+        ax.set_title(title, fontsize=10)
+        cb = fig.colorbar(im, ax=ax, fraction=0.046)
+        cb.set_label(bar, fontsize=8)
+        cb.ax.tick_params(labelsize=8)
+    _save(fig, path)
+
+
+def plot_per_task(path: Path, values: dict[str, dict[str, float | None]], xlabel: str, title: str,
+                  group_of: dict[str, int] | None = None, ylabel: str = "task") -> None:
+    """Per-task scores of every method as a dot plot, tasks down the y axis, wrapping into panels of at most
+    ``TASKS_PER_PANEL`` tasks (two side by side), so that 50 tasks stay readable at page width.
+
+    ``values`` maps a method to {task: score}; ``group_of`` adds each task's group to its label."""
+    import matplotlib.pyplot as plt
+
+    tasks = list(next(iter(values.values())))
+    panels = math.ceil(len(tasks) / TASKS_PER_PANEL)
+    per_panel = math.ceil(len(tasks) / panels)
+    cols = min(2, panels)
+    rows = math.ceil(panels / cols)
+    width = min(MAX_FIG_WIDTH, 3.0 + 3.5 * cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 1.4 + rows * (0.6 + 0.2 * per_panel)), squeeze=False,
+                             layout="constrained")
+    markers = "oDs^vP*X"
+    dodge = 0.6 / max(1, len(values) - 1)
+    for p, ax in enumerate(axes.flat):
+        chunk = tasks[p * per_panel:(p + 1) * per_panel]
+        if not chunk:
+            ax.set_visible(False)
+            continue
+        y = np.arange(len(chunk))
+        for j, (m, scores) in enumerate(values.items()):
+            x = np.array([np.nan if scores.get(t) is None else scores[t] for t in chunk], dtype=float)
+            mean = float(np.nanmean(list(v for v in scores.values() if v is not None)))
+            color = f"C{j}"
+            ax.scatter(x, y + (j - (len(values) - 1) / 2) * dodge, s=16, marker=markers[j % len(markers)],
+                       color=color, label=f"{label(m)} (mean {mean:.1f})" if p == 0 else None, zorder=3)
+            ax.axvline(mean, color=color, lw=0.8, ls="--", alpha=0.6)
+        names = [f"{t} (G{group_of[t]})" if group_of and t in group_of else t for t in chunk]
+        ax.set_yticks(y, names, fontsize=7)
+        ax.set_ylim(len(chunk) - 0.5, -0.5)  # first task on top
+        ax.grid(axis="y", color="#ddd", lw=0.5)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.legend(loc="outside lower center", ncols=min(len(values), 3), fontsize=8, frameon=False)
     _save(fig, path)
 
 
 def plot_returns(path: Path, metrics: dict[str, Any]) -> None:
-    import matplotlib.pyplot as plt
-
+    """The per-task figure of one run: every grouping's mean evaluation return on every evaluated task."""
     groupings = metrics["groupings"]
-    names = list(groupings["policygradex"]["per_task"])
-    labels = names + ["mean"]
-    width = 0.8 / len(groupings)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(labels)), 3.6))
-    for j, (m, res) in enumerate(groupings.items()):
-        vals = [res["per_task"].get(n) or 0.0 for n in names] + [res["mean"]]
-        ax.bar(np.arange(len(labels)) + (j - (len(groupings) - 1) / 2) * width, vals, width,
-               label=f"{label(m)}: {res['mean']:.1f}")
-    ax.set_xticks(range(len(labels)), labels, rotation=60)
-    ax.set_ylabel("evaluation return")
-    ax.set_title("Per-task return by grouping (equal steps per task)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    _save(fig, path)
+    pgx = groupings["policygradex"]
+    meta = "routes" in pgx
+    plot_per_task(path, {m: res["per_task"] for m, res in groupings.items()},
+                  "mean evaluation return per episode", "Return per task by grouping (equal steps per task)",
+                  _pgx_groups_of_tasks(pgx),
+                  "test task (G = PolicyGradEx group routed to)" if meta else "training task (G = PolicyGradEx group)")
 
 
 def plot_curves(path: Path, curves: dict[str, list], title: str = "Learning curves") -> None:
+    """Training return against environment steps of every grouping."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
     for m, points in curves.items():
         curve = np.array([[x, np.nan if y is None else y] for x, y in points], dtype=float)
         if len(curve):
             ax.plot(curve[:, 0], curve[:, 1], label=label(m))
-    ax.set_xlabel("environment steps per task")
-    ax.set_ylabel("training episode return (task mean)")
-    ax.set_title(title)
+    ax.set_xlabel("environment steps per task (training)")
+    ax.set_ylabel("training episode return\n(mean over tasks)")
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -236,7 +384,7 @@ def validation_blocks(out: Path) -> list[Block]:
                          "beside (its normalisation is not stated in our notes)."),
                    ("table", (["distance", "direction", "vs change", "vs log pi"] + [f"paper {e}" for e in paper],
                               rows)),
-                   ("img", "figures/approx.png")]
+                   _figure("figures/approx.png")]
     if (out / "validation.json").exists():
         v = read_json(out / "validation.json")
         p = v["paper"]
@@ -266,9 +414,10 @@ def validation_blocks(out: Path) -> list[Block]:
 
 
 def plot_approx(path: Path, approx: dict[str, Any]) -> None:
+    """First-order remainder against the parameter distance, ours beside the paper's."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     for kind in sorted({r["direction"] for r in approx["rows"]}):
         rows = [r for r in approx["rows"] if r["direction"] == kind]
         ax.plot([100 * r["distance"] for r in rows], [100 * r["rel_error"] for r in rows], "o-", label=f"ours: {kind}")
@@ -276,38 +425,51 @@ def plot_approx(path: Path, approx: dict[str, Any]) -> None:
         ax.plot([0.1, 0.5, 1.0], errs, "x:", alpha=0.6, label=f"paper: {env}")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("relative parameter distance (%)")
-    ax.set_ylabel("first-order error (%)")
+    ax.set_xlabel("relative parameter distance ||dtheta|| / ||theta*|| (%)")
+    ax.set_ylabel("first-order remainder\n(% of the exact change of log pi)")
     ax.legend(fontsize=7)
     _save(fig, path)
 
 
+def compare_title(results: dict[str, Any]) -> str:
+    """"policygradex compare: cartpole (10 training tasks, 50 test tasks, 5 seeds)"."""
+    pgx = results["methods"]["policygradex"]
+    train = {t for g in pgx["groups"][0] for t in g} if pgx.get("groups") else set()
+    tests = [t for t in pgx["per_task"] if t not in train]
+    n_train = len(train) or len(pgx["per_task"])
+    seeds = len(results["seeds"])
+    return (f"policygradex compare: {results['family']} "
+            f"({task_counts(n_train, len(tests))}, {seeds} seed{'' if seeds == 1 else 's'})")
+
+
 def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
-    """The main-results table (mean +- std over seeds, gain of PolicyGradEx), the paper's row, the k ablation."""
+    """The main-results table (mean +- std over seeds, gain of PolicyGradEx), the paper's row, the k ablation,
+    the figures, then the per-task table."""
     from policygradex.experiments.compare import MAIN
 
     methods, metric = results["methods"], results["metric"]
     paper = PAPER_MAIN.get(results["family"], {})
     unit = "%" if metric.startswith("success") else ""
+    pgx = methods["policygradex"]["mean"]
 
     def cell(m: str) -> str:
         return f"{methods[m]['mean']:.1f}{unit} ± {methods[m]['std']:.1f}"
 
     rows = []
     for m in [m for m in MAIN if m in methods]:
-        gain, diff = results["gains"].get(m), results.get("differences", {}).get(m)
         rows.append([label(m), "/".join(sorted({str(k) for k in methods[m]["k"]})), cell(m),
-                     "" if gain is None else f"{gain:+.1f}% ({diff:+.1f})",
+                     "" if m == "policygradex" else relative_gain(pgx, methods[m]["mean"]),
                      f"{paper[m]:.1f}{unit}" if m in paper else ""])
     seeds = results["seeds"]
     blocks: list[Block] = [
-        ("h1", f"policygradex compare: {results['family']}"),
+        ("h1", compare_title(results)),
         ("p", f"{metric.capitalize()} per task, mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
               f"every grouping trained with {results['budget_steps_per_task']:,} environment steps per task "
               f"(trainer {results['trainer']}), theta* with {results['meta_budget_steps_per_task']:,}; evaluated on "
-              f"{results['evaluated_on']}. Gain = PolicyGradEx relative to the row (absolute difference in "
-              "brackets; a percentage of a baseline near zero or below it says little). The paper's numbers come "
-              "from its own (larger) budgets and are beside ours for reference, not as a like-for-like comparison."),
+              f"{results['evaluated_on']}. PolicyGradEx gain = (PolicyGradEx - row) / |row| (positive = "
+              "PolicyGradEx better, also for negative returns), absolute difference in brackets; a percentage of a "
+              "baseline near zero says little. The paper's numbers come from its own (larger) budgets and are "
+              "beside ours for reference, not as a like-for-like comparison."),
         ("p", "" if results.get("grouping_stability") is None else
               f"PolicyGradEx's groups across seeds: mean pairwise NMI {results['grouping_stability']:.2f} "
               "(1 = the same groups from every seed's theta*)."),
@@ -325,27 +487,37 @@ def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
         blocks += [("h2", "Ablation: number of groups k"),
                    ("p", "PolicyGradEx's affinity partitioned into exactly k groups (paper: Meta-World success rate)."),
                    ("table", (["k", metric, "paper (Meta-World)"], rows))]
+    captions = {"returns": f"{metric.capitalize()} per task, mean over seeds, for every grouping (dashed lines: "
+                           "each grouping's mean over tasks)."}
+    blocks += [("h2", "Figures"), *(_figure(f, captions.get(Path(f).stem)) for f in figures)]
     tasks = list(methods["policygradex"]["per_task"])
     shown = [m for m in MAIN if m in methods]
+    table = (["task"] + [label(m) for m in shown],
+             [[t] + [_fmt(methods[m]["per_task"].get(t)) for m in shown] for t in tasks])
     blocks += [("h2", "Per task (mean over seeds)"),
-               ("table", (["task"] + [label(m) for m in shown],
-                          [[t] + [_fmt(methods[m]["per_task"].get(t)) for m in shown] for t in tasks]))]
-    blocks += [("img", f) for f in figures]
+               ("details", (f"{metric.capitalize()} per task, mean over seeds ({len(tasks)} rows)",
+                            [("table", table)]))]
     return blocks
 
 
 def write_compare_report(out: Path) -> None:
-    """report.md, report.html and figures/curves.png of a ``compare`` folder, from its results.json."""
+    """report.md, report.html and figures/{returns,curves}.png of a ``compare`` folder, from its results.json."""
     import matplotlib
 
     matplotlib.use("Agg")
     from policygradex.experiments.compare import MAIN
 
     results = read_json(out / "results.json")
-    figure = "figures/curves.png"
-    plot_curves(out / figure, {m: results["methods"][m]["curve"] for m in MAIN if m in results["methods"]},
-                f"Learning curves, mean over {len(results['seeds'])} seeds")
-    blocks = compare_blocks(results, [figure])
+    shown = [m for m in MAIN if m in results["methods"]]
+    seeds = len(results["seeds"])
+    figures = ["figures/returns.png", "figures/curves.png"]
+    metric = results["metric"]
+    plot_per_task(out / figures[0], {m: results["methods"][m]["per_task"] for m in shown},
+                  f"{metric}, mean over {seeds} seeds", f"{metric.capitalize()} per task by grouping",
+                  ylabel="evaluated task")
+    plot_curves(out / figures[1], {m: results["methods"][m]["curve"] for m in shown},
+                f"Learning curves, mean over {seeds} seeds")
+    blocks = compare_blocks(results, figures)
     write_text(out / "report.md", to_markdown(blocks))
     write_text(out / "report.html", to_html(blocks))
 

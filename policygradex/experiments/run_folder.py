@@ -1,6 +1,8 @@
 """The run folder: its identity (family + configuration), its artifacts, their checksums, stage wall times.
 
-A folder belongs to one family and one configuration, recorded in ``config.json`` when the run starts.
+A folder belongs to one family and one configuration, recorded in ``config.json`` when the run starts; for a
+user's family (``TaskFamily.from_envs``) also each task's environment fingerprint (``TaskFamily.fingerprints``),
+since its task names alone say nothing of the environments behind them.
 Starting again with the same ones resumes: every stage whose artifact is there is loaded, not redone.
 Starting with different ones is refused, so nothing already there is overwritten.
 
@@ -81,6 +83,12 @@ class RunFolder:
                     f"run folder {path} was made with a different configuration (changed: "
                     f"{'; '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}); "
                     "use a new --out, or the same settings to resume")
+            was, now = before.get("environments") or {}, identity.get("environments") or {}
+            if envs := sorted(name for name in set(was) | set(now) if was.get(name) != now.get(name)):
+                raise PGXError(
+                    f"run folder {path} was made with other environments for task(s) {', '.join(envs[:6])}"
+                    f"{' ...' if len(envs) > 6 else ''} (spaces, dynamics or rewards differ); use a new --out, "
+                    "or the same environments to resume")
         else:
             try:
                 write_json(config_path, {"policygradex": version("policygradex"), **identity})

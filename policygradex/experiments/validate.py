@@ -30,7 +30,7 @@ from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.projection import apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
-from policygradex.experiments.pipeline import Pipeline, derive_seed
+from policygradex.experiments.pipeline import Pipeline, derive_seed, stopping_divergence
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.policy import ActorCritic
 from policygradex.rl.ppo import train_ppo
@@ -69,8 +69,9 @@ def _finetune(policy: ActorCritic, family: TaskFamily, subset: list[int], cfg: C
     ppo = dataclasses.replace(cfg.meta, steps_per_task=v.finetune_steps_per_task,
                               learning_rate=v.finetune_learning_rate)
     tuned = copy.deepcopy(policy)
-    train_ppo(family.factories(subset), family.observation_space, family.action_space, ppo, seed, policy=tuned,
-              task_ids=subset)
+    with stopping_divergence("fine-tuning theta* on a subset", "--validate-finetune-learning-rate"):
+        train_ppo(family.factories(subset), family.observation_space, family.action_space, ppo, seed, policy=tuned,
+                  task_ids=subset)
     return tuned
 
 

@@ -24,7 +24,7 @@ from torch.func import functional_call
 
 from policygradex.config import AdaptConfig, PPOConfig
 from policygradex.rl.policy import ActorCritic
-from policygradex.rl.ppo import Progress, TrainResult, _mean_return_per_task
+from policygradex.rl.ppo import Diverged, Progress, TrainResult, _mean_return_per_task, budget_progress, check_finite
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae
 from policygradex.tasks.family import EnvFactory
 
@@ -104,6 +104,7 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.Space, ac
     steps_per_iter = n_envs * (support_steps + ppo.num_steps)  # per task
     iterations = math.ceil(ppo.steps_per_task / steps_per_iter)
     curve: list[tuple[int, list[float]]] = []
+    advance = budget_progress(progress, steps_per_iter, ppo.steps_per_task, n_tasks)
     for it in range(iterations):
         optimizer.param_groups[0]["lr"] = ppo.learning_rate * (1.0 - it / iterations)
         batches, query_returns = [], []
@@ -121,9 +122,13 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.Space, ac
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), ppo.max_grad_norm)
             optimizer.step()
+        try:
+            check_finite(policy)
+        except Diverged as exc:
+            raise Diverged(f"{exc} at MAML iteration {it + 1} of {iterations} (learning rate "
+                           f"{ppo.learning_rate:g}, inner step {adapt_cfg.inner_lr:g})") from None
         curve.append(((it + 1) * steps_per_iter, query_returns))
-        if progress is not None:
-            progress(steps_per_iter * n_tasks)
+        advance(it + 1)
     for runner in runners:
         runner.close()
     return TrainResult(policy, curve)

@@ -12,12 +12,33 @@ import torch
 from torch import nn
 
 from policygradex.config import PPOConfig
+from policygradex.errors import PGXError
 from policygradex.rl.policy import ActorCritic
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae
 from policygradex.tasks.family import EnvFactory
 
 Progress = Callable[[int], None]
 """Called with the number of environment steps just taken."""
+
+
+class Diverged(PGXError):
+    """Training made the policy's loss or parameters non-finite (a learning rate far too high, most often)."""
+
+
+def check_finite(policy: nn.Module) -> None:
+    """``Diverged`` as soon as a parameter is NaN or infinite: every later step would only sample from a broken
+    distribution (and fail there with an error that names nothing the user set)."""
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        raise Diverged("the policy's parameters became non-finite")
+
+
+def budget_progress(progress: Progress | None, steps_per_iter: int, budget: int, n_tasks: int) -> Progress:
+    """Progress per finished iteration ``it`` (1-based), capped at the budget: the last iteration may overshoot
+    it, the bar still ends at the total it announced."""
+    def advance(it: int) -> None:
+        if progress is not None:
+            progress((min(it * steps_per_iter, budget) - min((it - 1) * steps_per_iter, budget)) * n_tasks)
+    return advance
 
 
 @dataclass
@@ -50,6 +71,8 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
             entropy = dist.entropy()
             entropy = (entropy.sum(-1) if policy.continuous else entropy).mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+            if not torch.isfinite(loss):
+                raise Diverged("the PPO loss became non-finite")
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -81,13 +104,17 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, act
     steps_per_iter = cfg.num_steps * cfg.envs_per_task  # per task
     iterations = math.ceil(cfg.steps_per_task / steps_per_iter)
     curve: list[tuple[int, list[float]]] = []
+    advance = budget_progress(progress, steps_per_iter, cfg.steps_per_task, n_tasks)
     for it in range(iterations):
         optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - it / iterations)
         rollout = runner.collect(policy, cfg.num_steps)
-        ppo_update(policy, optimizer, rollout, cfg, generator)
+        try:
+            ppo_update(policy, optimizer, rollout, cfg, generator)
+            check_finite(policy)
+        except Diverged as exc:
+            raise Diverged(f"{exc} at update {it + 1} of {iterations} (learning rate {cfg.learning_rate:g})") from None
         curve.append(((it + 1) * steps_per_iter, _mean_return_per_task(rollout, ids)))
-        if progress is not None:
-            progress(steps_per_iter * n_tasks)
+        advance(it + 1)
     runner.close()
     return TrainResult(policy, curve)
 

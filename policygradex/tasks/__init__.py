@@ -119,7 +119,7 @@ def make_family(name: str, n_tasks: int | None = None, seed: int = 0) -> TaskFam
     if n_tasks is not None and n_tasks < 2:
         raise PGXError(f"n_tasks must be at least 2 (grouping needs several tasks), got {n_tasks}")
     family = info.build(name, n_tasks, seed)
-    family.defaults, family.quick_defaults = info.defaults, info.quick
+    family.builtin, family.defaults, family.quick_defaults = True, info.defaults, info.quick
     return family
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -42,12 +44,15 @@ class TaskFamily:
     spec: dict[str, Any] = field(default_factory=dict)
     """What rebuilds the family (name, n_tasks, seed, ...); part of a run folder's identity."""
     description: str = ""
+    builtin: bool = False
+    """Made by ``make_family``: its ``spec`` (name, size, seed) defines its environments, no fingerprint needed."""
     defaults: dict[str, Any] = field(default_factory=dict, repr=False)
     """Config overrides that suit this family (``Config.for_family``); ``make_family`` fills them in."""
     quick_defaults: dict[str, Any] = field(default_factory=dict, repr=False)
     """The same on top of ``Config.quick()``."""
     observation_space: gym.Space = field(init=False)
     action_space: gym.Space = field(init=False)
+    _fingerprints: dict[str, str] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.tasks) < 2:
@@ -85,6 +90,15 @@ class TaskFamily:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    def fingerprints(self) -> dict[str, str]:
+        """Per task name (training, then test tasks): a short hash of what its environment is, part of the run
+        folder's identity of a user's family (``from_envs``), so that a folder never hands back results of other
+        environments under the same names. It changes with the env's spaces, its registered id and kwargs, and
+        what a short seeded rollout with fixed actions observes (observations, rewards, ends); computed once."""
+        if self._fingerprints is None:
+            self._fingerprints = {t.name: env_fingerprint(t.make) for t in self.tasks + self.test_tasks}
+        return self._fingerprints
+
     def factories(self, task_ids: Sequence[int]) -> list[EnvFactory]:
         return [self.tasks[i].make for i in task_ids]
 
@@ -103,6 +117,55 @@ class TaskFamily:
         tasks = [Task(n, f) for n, f in zip(names, factories, strict=True)]
         tests = [Task(f"test{i}", f) for i, f in enumerate(test_factories or [])]
         return cls(name=name, tasks=tasks, test_tasks=tests)
+
+
+FINGERPRINT_STEPS = 32
+FINGERPRINT_SEED = 20_251_129
+
+
+def env_fingerprint(make: EnvFactory) -> str:
+    """16 hex digits: the env's spaces, registered id and kwargs, and a seeded rollout of
+    ``FINGERPRINT_STEPS`` fixed actions (rounded observations, rewards, ends). An env whose seeded reset does not
+    repeat (it ignores the seed) is fingerprinted by the rest alone."""
+    env = make()
+    try:
+        spec = env.spec
+        kwargs = json.dumps(spec.kwargs, sort_keys=True, default=lambda o: type(o).__name__) if spec else ""
+        static = f"{env.observation_space!r}|{env.action_space!r}|{spec.id if spec else type(env.unwrapped)}|{kwargs}"
+        seen = _probe(env)
+        repeats = _reset_obs(env) == _reset_obs(env)
+    finally:
+        env.close()
+    digest = hashlib.blake2b(static.encode(), digest_size=8)
+    if repeats:
+        digest.update(seen)
+    return digest.hexdigest()
+
+
+def _reset_obs(env: gym.Env) -> bytes:
+    return np.round(np.asarray(env.reset(seed=FINGERPRINT_SEED)[0], dtype=np.float64), 4).tobytes()
+
+
+def _probe(env: gym.Env) -> bytes:
+    """What a seeded rollout of fixed actions observes, as bytes (4 decimals: machine-level noise ignored)."""
+    space = env.action_space
+    if isinstance(space, gym.spaces.Box):
+        low = np.where(np.isfinite(space.low), space.low, -1.0)
+        high = np.where(np.isfinite(space.high), space.high, 1.0)
+        fractions = np.random.default_rng(0).uniform(size=(FINGERPRINT_STEPS, *space.shape))
+        actions = [(low + f * (high - low)).astype(space.dtype) for f in fractions]
+    elif isinstance(space, gym.spaces.Discrete):
+        actions = [space.start + t % space.n for t in range(FINGERPRINT_STEPS)]
+    else:  # families accept Box and Discrete only
+        actions = []
+    seen = [_reset_obs(env)]
+    for t, action in enumerate(actions):
+        obs, reward, terminated, truncated, _ = env.step(action)
+        seen.append(np.round(np.asarray(obs, dtype=np.float64), 4).tobytes())
+        seen.append(f"{float(reward):.4f}|{bool(terminated)}|{bool(truncated)}".encode())
+        if terminated or truncated:
+            obs, _ = env.reset(seed=FINGERPRINT_SEED + t + 1)
+    return b"".join(seen)
 
 
 def sampled_family(name: str, prefix: str, make_env: Callable[..., gym.Env],
