@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
-import cloudpickle
-
 from policygradex.errors import PGXError
 
 T = TypeVar("T")
@@ -75,6 +73,8 @@ def _main_not_rerun() -> Iterator[None]:
 
 
 def _call(blob: bytes) -> Any:
+    import cloudpickle
+
     fn, item = cloudpickle.loads(blob)
     return fn(item)
 
@@ -98,10 +98,25 @@ class Executor:
         self.close()
 
 
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch uses ``count`` threads inside the block, then as many as before: the setting stays local to the
+    work that needs it (one thread for small-policy RL, every core for batched linear algebra)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, count or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _in_process(fn: Callable, items: Sequence, on_done: OnDone | None) -> list:
     results = []
     for i, item in enumerate(items):
-        results.append(fn(item))
+        with torch_threads(1):  # as in a worker
+            results.append(fn(item))
         if on_done:
             on_done(i, results[i])
     return results
@@ -120,6 +135,8 @@ class LocalExecutor(Executor):
         if self._pool is None:  # spawn, not fork: forking after torch has run can deadlock its thread pools
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=init_worker)
+        import cloudpickle
+
         results: list[Any] = [None] * len(items)
         with _main_not_rerun():  # the pool starts its workers as items are submitted
             futures = {self._pool.submit(_call, cloudpickle.dumps((fn, item))): i for i, item in enumerate(items)}
@@ -181,6 +198,7 @@ class RayExecutor(Executor):
             return []
         if self._remote is None:
             self._start()
+        import cloudpickle
         import ray
 
         refs = [self._remote.remote(cloudpickle.dumps((fn, item))) for item in items]

@@ -21,7 +21,7 @@ from policygradex.estimate.projection import Projector
 from policygradex.estimate.store import GradientStore
 from policygradex.parallel import Executor, LocalExecutor
 from policygradex.rl.policy import ActorCritic
-from policygradex.rl.rollout import TaskRunner, compute_gae
+from policygradex.rl.rollout import TaskRunner, compute_gae, standardize
 from policygradex.seeds import derive_seed
 from policygradex.tasks.family import EnvFactory
 
@@ -54,7 +54,7 @@ def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
     runner.close()
     adv, _ = compute_gae(roll.rewards, roll.values, roll.dones, roll.last_value, job.ppo.gamma, job.ppo.gae_lambda)
     if cfg.standardize_advantages:
-        adv = (adv - adv.mean(0)) / (adv.std(0) + 1e-8)
+        adv = standardize(adv, dim=0)  # per task: one env per task
     # (steps, envs) -> task-major rows: all of task tasks[0]'s steps in order, then the next task's.
     obs, actions, a = (x.transpose(0, 1).reshape(steps * len(job.tasks), *x.shape[2:])
                        for x in (roll.obs, roll.actions, adv))

@@ -76,10 +76,10 @@ class FactoredProjector:
         logp = policy.log_prob(policy.distribution(h), actions)
         # Rows are independent, so d(sum logp)/d(output) holds each row's own delta.
         deltas = torch.autograd.grad(logp.sum(), [out for _, out in cache])
-        z = torch.zeros(len(obs), self.dim)
+        z = torch.zeros(len(obs), self.dim, device=obs.device)
         for (inp, _), delta, (p, q) in zip(cache, deltas, self.mats, strict=True):
-            a = torch.cat([inp.detach(), torch.ones(len(inp), 1)], dim=1)
-            z += (delta @ p) * (a @ q)
+            a = torch.cat([inp.detach(), torch.ones(len(inp), 1, device=inp.device)], dim=1)
+            z += (delta @ p.to(delta.device)) * (a @ q.to(a.device))  # no-ops when already there
         return z / math.sqrt(self.dim)
 
     def explicit_matrix(self) -> torch.Tensor:

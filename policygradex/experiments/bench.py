@@ -83,10 +83,12 @@ def bench_features(sizes: list[str] | None = None, transitions: int = 2048, d: i
                    gaussian_transitions: int | None = None, device: str | None = None,
                    memory_bytes: int = 2 * 2**30) -> Iterator[dict[str, Any]]:
     """Transitions per second: floor (batched forward+backward of sum log pi), factored, gaussian."""
+    from policygradex.parallel import torch_threads  # no cloudpickle or gymnasium needed: runs on a bare GPU box
+
     dev = _device(device)
-    torch.set_num_threads(os.cpu_count() or 1)
-    for size in sizes or list(POLICY_SIZES):
-        yield _features_row(size, transitions, d, gaussian_transitions, dev, memory_bytes)
+    with torch_threads(os.cpu_count()):
+        for size in sizes or list(POLICY_SIZES):
+            yield _features_row(size, transitions, d, gaussian_transitions, dev, memory_bytes)
 
 
 def bench_surrogate(m: int = 1000, d: int = 400, rows_per_task: int = 2048, n_tasks: int = 20, seed: int = 0,
@@ -106,7 +108,6 @@ def bench_surrogate(m: int = 1000, d: int = 400, rows_per_task: int = 2048, n_ta
     cfg = Config(seed=seed, estimate=EstimateConfig(transitions_per_task=rows_per_task, proj_dim=d))
     with Pipeline(fam, cfg, None, progress=False) as pipe:
         store = pipe.features(pipe.meta_policy())
-    torch.set_num_threads(os.cpu_count() or 1)  # the pipeline runs PPO on one thread; solves use every core
     rng = np.random.default_rng(seed)
     subsets = sample_subsets(n_tasks, None, 10**9, m, rng)  # exactly m subsets (repeats allowed for small n)
     ridge = cfg.estimate.ridge

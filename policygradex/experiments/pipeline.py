@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
 from policygradex import io
 from policygradex.cluster.grouping import group
@@ -38,7 +37,7 @@ from policygradex.estimate.surrogate import solve_subsets, subset_scores
 from policygradex.experiments.groupings import cosine_matrix, independent_groups, random_groups, route, single_group
 from policygradex.experiments.progress import StageProgress
 from policygradex.experiments.run_folder import RunFolder
-from policygradex.parallel import Executor, make_executor
+from policygradex.parallel import Executor, make_executor, torch_threads
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.maml import adapt, train_maml
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
@@ -143,7 +142,6 @@ def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
 class Pipeline:
     def __init__(self, family: TaskFamily, cfg: Config, out: str | Path | None = None,
                  progress: bool = True) -> None:
-        torch.set_num_threads(1)
         self.family, self.cfg = family, cfg
         check_fits(cfg, family.n_tasks)  # before any work, and before a folder records settings that cannot run
         self.folder = None
@@ -183,7 +181,8 @@ class Pipeline:
             self._values[name] = value
             return value
         start, inner_before = time.perf_counter(), self._inner_seconds
-        value = compute()
+        with torch_threads(1):  # small policies: one thread is fastest; a stage that gains from more asks for them
+            value = compute()
         # A stage may run the stages it depends on (surrogate -> features -> meta_train): keep its own time.
         self.seconds[name] = time.perf_counter() - start - (self._inner_seconds - inner_before)
         self._inner_seconds += self.seconds[name]
@@ -432,7 +431,7 @@ class Pipeline:
     # -- everything ----------------------------------------------------------------------------------
     def run(self) -> RunResult:
         """Every stage, then the report; the executor's workers are released at the end."""
-        with self:
+        with self, torch_threads(1):
             return self._run()
 
     def _run(self) -> RunResult:
@@ -483,17 +482,6 @@ def describe(grouping: Grouping, names: list[str]) -> str:
     groups = "  ".join("{" + ", ".join(names[i] for i in g) + "}" for g in grouping.groups)
     trust = "" if grouping.confidence is None else f"; bootstrap stability {grouping.confidence.stability:.2f}"
     return f"groups (k={grouping.k}): {groups}\n{grouping.reason}{trust}"
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None):
-    """torch uses ``count`` threads inside the block (batched linear algebra in the main process), then as before."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, count or 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]], names: list[str],

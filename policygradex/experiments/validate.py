@@ -31,6 +31,7 @@ from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.projection import apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
 from policygradex.experiments.pipeline import Pipeline, derive_seed, stopping_divergence
+from policygradex.parallel import torch_threads
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.policy import ActorCritic
 from policygradex.rl.ppo import train_ppo
@@ -279,7 +280,7 @@ def run_study(study: str, family: TaskFamily, cfg: Config, out: str | Path, prog
     from policygradex.experiments.report import write_report
 
     fn, filename = STUDIES[study]
-    with Pipeline(family, cfg, out, progress) as pipe:
+    with Pipeline(family, cfg, out, progress) as pipe, torch_threads(1):
         result = fn(pipe)
     io.write_json(pipe.folder / filename, result)
     write_report(pipe.folder.path)

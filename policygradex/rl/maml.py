@@ -25,7 +25,7 @@ from torch.func import functional_call
 from policygradex.config import AdaptConfig, PPOConfig
 from policygradex.rl.policy import ActorCritic
 from policygradex.rl.ppo import Diverged, Progress, TrainResult, _mean_return_per_task, budget_progress, check_finite
-from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae
+from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
 from policygradex.tasks.family import EnvFactory
 
 Params = dict[str, torch.Tensor]
@@ -40,8 +40,7 @@ def _advantages(rollout: Rollout, cfg: PPOConfig) -> tuple[torch.Tensor, torch.T
     """Flat (standardised advantages, returns) of a rollout."""
     adv, ret = compute_gae(rollout.rewards, rollout.values, rollout.dones, rollout.last_value, cfg.gamma,
                            cfg.gae_lambda)
-    adv = adv.reshape(-1)
-    return (adv - adv.mean()) / (adv.std(unbiased=False) + 1e-8), ret.reshape(-1)
+    return standardize(adv.reshape(-1)), ret.reshape(-1)
 
 
 def pg_loss(policy: ActorCritic, params: Params, rollout: Rollout, adv: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 from policygradex.config import PPOConfig
 from policygradex.errors import PGXError
 from policygradex.rl.policy import ActorCritic
-from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae
+from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
 from policygradex.tasks.family import EnvFactory
 
 Progress = Callable[[int], None]
@@ -65,7 +65,7 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
             dist = policy.policy(b_obs[mb], b_task[mb])
             logratio = policy.log_prob(dist, b_actions[mb]) - b_logprobs[mb]
             ratio = logratio.exp()
-            adv = (b_adv[mb] - b_adv[mb].mean()) / (b_adv[mb].std(unbiased=False) + 1e-8)
+            adv = standardize(b_adv[mb])
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
             v_loss = 0.5 * (policy.value(b_obs[mb], b_task[mb]) - b_returns[mb]).pow(2).mean()
             entropy = dist.entropy()

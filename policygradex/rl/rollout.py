@@ -51,6 +51,13 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor
     return advantages, advantages + values
 
 
+def standardize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """(x - mean) / (std + 1e-8), over all of ``x`` or along ``dim``; the population std (CleanRL's choice)."""
+    if dim is None:
+        return (x - x.mean()) / (x.std(unbiased=False) + 1e-8)
+    return (x - x.mean(dim, keepdim=True)) / (x.std(dim, unbiased=False, keepdim=True) + 1e-8)
+
+
 class TaskRunner:
     """A vectorised env whose env ``e`` runs task ``task[e]``; keeps its state between rollouts. ``seed``: one
     seed for all (env e is reset with seed + e, gymnasium's rule) or one per env."""
