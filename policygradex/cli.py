@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-from policygradex.config import Config, field_docs, with_overrides
+from policygradex.config import Config, field_docs, literal_choices, with_overrides
 from policygradex.errors import ConfigError, PGXError
 
 
@@ -60,6 +60,7 @@ class Option:
     tuple_of: type | None
     default: Any  # Config()'s, as text (--help shows the --family's own: ConfigCommand)
     help: str
+    choices: tuple[str, ...] = ()  # a Literal field's values (parsed as str; the config checks the value)
 
 
 def config_options() -> list[Option]:
@@ -71,13 +72,13 @@ def config_options() -> list[Option]:
             fields = [(f, getattr(default, f.name)) for f in dataclasses.fields(cls)]
         else:
             cls, section, fields = Config, None, [(top, default)]
-        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        hints, docs, choices = typing.get_type_hints(cls), field_docs(cls), literal_choices(cls)
         for f, value in fields:
             flag = f.metadata.get("flag") or (f"{section}-{f.name}" if section else f.name)
             kind, tuple_of = _parse_type(hints[f.name])
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
             options.append(Option(flag.replace("-", "_"), section, f.name, "--" + flag.replace("_", "-"), kind,
-                                  tuple_of, shown, docs.get(f.name, "")))
+                                  tuple_of, shown, docs.get(f.name, ""), choices.get(f.name, ())))
     return options
 
 
@@ -101,6 +102,10 @@ def error_message(exc: PGXError) -> str:
 
 
 def _parse_type(hint: Any) -> tuple[type, type | None]:
+    """(the type typer parses, the element type of a tuple). A ``Literal[...]`` is parsed as text and checked by
+    the config, whose error names the choices (typer's own check would print a multi-line usage error)."""
+    if typing.get_origin(hint) is typing.Literal:
+        return str, None
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is tuple:
         return str, args[0]
@@ -234,6 +239,8 @@ def with_config_options(fn=None, *, validate: bool = False):
 
 
 def _metavar(o: Option) -> str | None:
+    if o.choices:
+        return "[" + "|".join(o.choices) + "]"
     if o.tuple_of is not None:
         return {int: "INT", float: "FLOAT"}.get(o.tuple_of, "NAME") + "[,...]"
     return None

@@ -3,6 +3,11 @@
 The docstring under each field is the help text of its CLI option (``policygradex run --help``):
 the CLI is generated from these classes, never written twice. ``Config.quick()`` is the tiny
 preset used by tests and ``--quick``.
+
+A choice between implementations (trainer, solver, projector, executor) is a ``Literal[...]`` field: every
+section checks its Literal fields the same way (``_check_choices``), and the names are those of the registry
+that holds the implementations (``TRAINERS`` in rl/trainers.py, ``SOLVERS`` in estimate/surrogate.py,
+``PROJECTORS`` in estimate/projection.py, ``EXECUTORS`` in parallel.py; tests/test_registry.py keeps them equal).
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ import dataclasses
 import functools
 import inspect
 import textwrap
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from policygradex.errors import ConfigError
-from policygradex.parallel import EXECUTORS
 
 
 @dataclass
@@ -53,6 +58,7 @@ class PPOConfig:
     """Append a one-hot task id to the observation of the policy."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _positive(self, "steps_per_task", "envs_per_task", "num_steps", "learning_rate",
                   "update_epochs", "num_minibatches", "clip_coef", "max_grad_norm")
         _within(self, "gamma", 0, 1, low_open=True)
@@ -71,7 +77,7 @@ class EstimateConfig:
     """Transitions rolled out at theta* per task for the gradient features."""
     proj_dim: int = 400
     """Target dimension d of the random projection of grad log pi."""
-    projector: str = "factored"
+    projector: Literal["factored", "gaussian"] = "factored"
     """Projection back-end: 'factored' (no per-sample gradients) or 'gaussian' (the paper's dense matrix)."""
     holdout_fraction: float = 0.25
     """Share of each task's transitions kept out of the fit and used to score subsets."""
@@ -81,7 +87,7 @@ class EstimateConfig:
     """Sample subsets until every pair of tasks shares at least this many of them."""
     max_subsets: int = 2000
     """Upper bound on the number of subsets m."""
-    solver: str = "newton-stats"
+    solver: Literal["newton-stats", "exact"] = "newton-stats"
     """Surrogate solver: 'newton-stats' (one Newton step from per-task sufficient statistics) or 'exact'."""
     ridge: float = 0.1
     """L2 strength of the logistic regression, relative to the mean diagonal of its Hessian."""
@@ -89,15 +95,12 @@ class EstimateConfig:
     """Standardise advantages per task before they become labels sign(A) and weights |A|."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _positive(self, "transitions_per_task", "proj_dim", "pair_coverage", "max_subsets")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError("holdout_fraction", f"must lie strictly between 0 and 1, got {self.holdout_fraction}")
         if self.subset_size is not None and self.subset_size < 2:
             raise ConfigError("subset_size", f"must be at least 2, got {self.subset_size}")
-        if self.projector not in ("factored", "gaussian"):
-            raise ConfigError("projector", f"must be 'factored' or 'gaussian', not {self.projector!r}")
-        if self.solver not in ("newton-stats", "exact"):
-            raise ConfigError("solver", f"must be 'newton-stats' or 'exact', not {self.solver!r}")
         if self.ridge <= 0:
             raise ConfigError("ridge", f"must be positive, got {self.ridge}")
 
@@ -128,6 +131,7 @@ class ClusterConfig:
     """cvxpy solver for the SDP."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         if self.k is not None and self.k < 1:
             raise ConfigError("k", f"must be at least 1, got {self.k}")
         if not 0.0 < self.alpha < 1.0:
@@ -143,18 +147,16 @@ class ClusterConfig:
 EXECUTION = ("workers", "executor", "ray_address")
 """Top-level settings that say where work runs; results never depend on them."""
 GROUPINGS = ("single", "random", "gradient-similarity", "independent")
-TRAINERS = ("ppo", "softmod", "maml")
-PROTOCOLS = ("multi-task", "meta")
 
 
 @dataclass
 class DownstreamConfig:
     """Stages 5-6: one policy per group, evaluated per task, against baselines."""
 
-    trainer: str = "ppo"
+    trainer: Literal["ppo", "softmod", "maml"] = "ppo"
     """Group trainer: 'ppo' (multi-task PPO, task-conditioned MLP), 'softmod' (PPO on a Soft Modularization
     network, Yang et al. 2020) or 'maml' (Finn et al. 2017; meta-RL, a policy without task ids)."""
-    protocol: str = "multi-task"
+    protocol: Literal["multi-task", "meta"] = "multi-task"
     """'multi-task': evaluate each group's policy on its own training tasks. 'meta': adapt on the family's
     held-out test tasks (see the adapt section), each routed to one group, then evaluate."""
     eval_episodes: int = 10
@@ -169,9 +171,8 @@ class DownstreamConfig:
     """Also train PolicyGradEx's affinity partitioned into exactly these numbers of groups (``compare``: 1,2,3,4)."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _positive(self, "eval_episodes")
-        _choice(self, "trainer", TRAINERS)
-        _choice(self, "protocol", PROTOCOLS)
         unknown = set(self.baselines) - set(GROUPINGS)
         if unknown:
             raise ConfigError("baselines", f"has unknown {sorted(unknown)}; choose from {', '.join(GROUPINGS)}")
@@ -202,6 +203,7 @@ class AdaptConfig:
     policy gradients at theta* point most nearly its way (mean cosine). Test returns are never looked at."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _positive(self, "steps", "inner_updates", "inner_lr", "test_tasks", "route_steps")
 
 
@@ -234,6 +236,7 @@ class ValidateConfig:
     """Hidden layers of theta* in the ablation (theta* is meta-trained again for each)."""
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _positive(self, "directions", "transitions_per_task", "finetune_steps_per_task", "eval_episodes",
                   "finetune_learning_rate")
         if not self.distances or min(self.distances) <= 0:
@@ -251,7 +254,7 @@ class Config:
     workers: int = 2
     """Worker processes for independent work: per-task rollouts, group trainings, fine-tunes (one torch thread
     each). With --executor ray and a --ray-address, the cluster's size sets the parallelism instead."""
-    executor: str = "local"
+    executor: Literal["local", "ray"] = "local"
     """Where independent work runs: 'local' (a process pool on this machine) or 'ray' (a Ray cluster)."""
     ray_address: str | None = None
     """Ray cluster to join (what `ray start --head` prints); default: start a local Ray instance on loopback."""
@@ -269,9 +272,9 @@ class Config:
     validate: ValidateConfig = field(default_factory=ValidateConfig)
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _within(self, "seed", 0, 2**32 - 1)
         _positive(self, "workers")
-        _choice(self, "executor", EXECUTORS)
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError("ray_address", "needs the ray executor (--executor ray)")
         if self.downstream.trainer == "softmod" and not self.train.task_conditioned:
@@ -359,9 +362,19 @@ def _from_plain(section_cls: type, data: dict[str, Any]) -> Any:
     return section_cls(**kwargs)
 
 
-def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    if getattr(obj, name) not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}; got {getattr(obj, name)!r}")
+@functools.cache
+def literal_choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The ``Literal[...]``-typed fields of a config dataclass, with the values each allows."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is Literal}
+
+
+def _check_choices(obj: Any) -> None:
+    for name, allowed in literal_choices(type(obj)).items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
 def _within(obj: Any, name: str, low: float, high: float | None, low_open: bool = False) -> None:

@@ -20,11 +20,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
 from policygradex.errors import PGXError
+from policygradex.registry import Registry
 
 T = TypeVar("T")
 R = TypeVar("R")
 OnDone = Callable[[int, Any], None]
-EXECUTORS = ("local", "ray")
 
 
 def init_worker() -> None:
@@ -81,7 +81,9 @@ def _call(blob: bytes) -> Any:
 
 class Executor:
     """``map(fn, items, on_done)`` = ``[fn(x) for x in items]``, possibly in other processes or machines;
-    ``on_done(index, result)`` runs in this process as each item finishes (progress, checkpoints)."""
+    ``on_done(index, result)`` runs in this process as each item finishes (progress, checkpoints).
+
+    Every executor is built as ``cls(workers, address)`` (``address``: the cluster to join, if it joins one)."""
 
     workers: int = 1
 
@@ -123,9 +125,10 @@ def _in_process(fn: Callable, items: Sequence, on_done: OnDone | None) -> list:
 
 
 class LocalExecutor(Executor):
-    """A pool of ``workers`` spawned processes on this machine, one torch thread each (in-process if 1)."""
+    """A pool of ``workers`` spawned processes on this machine, one torch thread each (in-process if 1).
+    There is no cluster to join: Config refuses an ``address`` without the ray executor."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, address: str | None = None) -> None:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
@@ -226,10 +229,14 @@ class RayExecutor(Executor):
         self._remote, self._started_here = None, False
 
 
+# The executors --executor chooses from. Adding one: its module (an Executor subclass), one line here, and its
+# name in Config.executor's Literal (config.py).
+EXECUTORS: Registry[Callable[[int, str | None], Executor]] = Registry("executor", {
+    "local": LocalExecutor,
+    "ray": RayExecutor,
+})
+
+
 def make_executor(kind: str, workers: int, address: str | None = None) -> Executor:
-    if kind == "local":
-        return LocalExecutor(workers)
-    if kind == "ray":
-        return RayExecutor(workers, address)
-    raise PGXError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+    return EXECUTORS.get(kind)(workers, address)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from policygradex.registry import Registry
 from policygradex.rl.policy import ActorCritic
 
 
@@ -181,15 +183,19 @@ class GaussianProjector:
         return step
 
 
-PROJECTORS = {"factored": FactoredProjector, "gaussian": GaussianProjector}
+# The back-ends --estimate-projector chooses from, each a class built as cls(policy, dim, seed) that follows
+# Projector. Adding one: its module, one line here, and its name in EstimateConfig.projector's Literal (config.py).
+PROJECTORS: Registry[Callable[[ActorCritic, int, int], Projector]] = Registry("estimate.projector", {
+    "factored": FactoredProjector,
+    "gaussian": GaussianProjector,
+})
 
 
 def make_projector(kind: str, policy: ActorCritic, dim: int, seed: int) -> Projector:
-    if kind not in PROJECTORS:
-        raise ValueError(f"unknown projector {kind!r}; choose one of {sorted(PROJECTORS)}")
+    cls = PROJECTORS.get(kind)
     if policy.arch != "mlp":
         raise ValueError(f"gradient features are defined for an mlp theta*, not {policy.arch!r}")
-    return PROJECTORS[kind](policy, dim, seed)
+    return cls(policy, dim, seed)
 
 
 def scale_to_distance(policy: ActorCritic, step: dict[str, torch.Tensor], distance: float = 0.01) -> dict:

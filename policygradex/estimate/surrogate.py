@@ -21,10 +21,13 @@ The ridge ``lam`` is relative: ``ridge`` times the mean diagonal of the Hessian 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from policygradex.estimate.store import GradientStore, TaskStats
+from policygradex.registry import Registry
 
 
 def ridge_strength(H: torch.Tensor, count: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -135,16 +138,32 @@ def solve_mm(store: GradientStore, subsets: np.ndarray, ridge: float, tol: float
     return torch.cat(betas), most
 
 
+Solver = Callable[[GradientStore, np.ndarray, float], torch.Tensor]
+"""(store, (m, n) boolean subsets, ridge) -> beta_S of every subset, (m, d) float64."""
+
+
+def _newton_stats(store: GradientStore, subsets: np.ndarray, ridge: float) -> torch.Tensor:
+    return newton_from_stats(store.stats, subsets, ridge)
+
+
+def _exact(store: GradientStore, subsets: np.ndarray, ridge: float) -> torch.Tensor:
+    return solve_mm(store, subsets, ridge)[0]
+
+
+# The solvers --estimate-solver chooses from. Adding one: a function of type Solver (in its own module if it is
+# long), one line here, and its name in EstimateConfig.solver's Literal (config.py).
+SOLVERS: Registry[Solver] = Registry("estimate.solver", {
+    "newton-stats": _newton_stats,
+    "exact": _exact,
+})
+
+
 def solve_subsets(store: GradientStore, subsets: np.ndarray, solver: str, ridge: float) -> torch.Tensor:
-    """beta_S for every subset: (m, d) float64. A subset drawn twice is solved once."""
+    """beta_S for every subset by the solver called ``solver``: (m, d) float64. A subset drawn twice is solved
+    once."""
+    solve = SOLVERS.get(solver)
     distinct, inverse = np.unique(subsets, axis=0, return_inverse=True)
-    if solver == "newton-stats":
-        betas = newton_from_stats(store.stats, distinct, ridge)
-    elif solver == "exact":
-        betas = solve_mm(store, distinct, ridge)[0]
-    else:
-        raise ValueError(f"unknown solver {solver!r}; choose 'newton-stats' or 'exact'")
-    return betas[torch.as_tensor(inverse.reshape(-1))]
+    return solve(store, distinct, ridge)[torch.as_tensor(inverse.reshape(-1))]
 
 
 def subset_scores(store: GradientStore, subsets: np.ndarray, betas: torch.Tensor) -> np.ndarray:

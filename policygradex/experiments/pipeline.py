@@ -39,9 +39,10 @@ from policygradex.experiments.progress import StageProgress
 from policygradex.experiments.run_folder import RunFolder
 from policygradex.parallel import Executor, make_executor, torch_threads
 from policygradex.rl.evaluate import evaluate
-from policygradex.rl.maml import adapt, train_maml
+from policygradex.rl.maml import adapt
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
 from policygradex.rl.ppo import Diverged, train_ppo
+from policygradex.rl.trainers import TRAINERS
 from policygradex.seeds import derive_seed
 from policygradex.tasks.family import EnvFactory, TaskFamily
 
@@ -114,14 +115,9 @@ def stopping_divergence(stage: str, settings: str) -> Iterator[None]:
 def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
     start = time.perf_counter()
     ds, fam = job.downstream, job.family
-    with stopping_divergence("group training (stage 4)", "--train-learning-rate" + (
-            " or --adapt-inner-lr" if ds.trainer == "maml" else "")):
-        if ds.trainer == "maml":
-            result = train_maml(job.factories, fam.observation_space, fam.action_space, job.ppo, job.adapt, job.seed)
-        else:
-            ppo = job.ppo if ds.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
-            result = train_ppo(job.factories, fam.observation_space, fam.action_space, ppo, job.seed,
-                               arch="softmod" if ds.trainer == "softmod" else "mlp")
+    trainer = TRAINERS.get(ds.trainer)
+    with stopping_divergence("group training (stage 4)", trainer.lower):
+        result = trainer.train(job)
     out: dict[str, Any] = {"curve": result.curve}
     if ds.protocol == "multi-task":
         ev = evaluate(result.policy, job.factories, ds.eval_episodes, job.eval_seed, ds.deterministic_eval)

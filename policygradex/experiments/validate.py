@@ -28,7 +28,7 @@ from policygradex.cluster.significance import nmi, partition_values
 from policygradex.config import Config
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
-from policygradex.estimate.projection import apply_step, scale_to_distance
+from policygradex.estimate.projection import PROJECTORS, apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
 from policygradex.experiments.pipeline import Pipeline, derive_seed, stopping_divergence
 from policygradex.parallel import torch_threads
@@ -245,7 +245,7 @@ def validate_ablate(pipe: Pipeline) -> dict[str, Any]:
     variants: list[tuple[str, Any, Config]] = []
     variants += [("d", d, _with(cfg, "estimate", proj_dim=d)) for d in v.ablate_dims]
     variants += [("pair_coverage", c, _with(cfg, "estimate", pair_coverage=c)) for c in v.ablate_coverages]
-    variants += [("projector", p, _with(cfg, "estimate", projector=p)) for p in ("factored", "gaussian")]
+    variants += [("projector", p, _with(cfg, "estimate", projector=p)) for p in PROJECTORS.names()]
     variants += [("depth", L, _with(cfg, "meta", hidden_sizes=(width,) * L)) for L in v.ablate_depths]
     rows = []
     with pipe.progress.stage("ablation", len(variants)) as advance:

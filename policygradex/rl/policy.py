@@ -7,13 +7,16 @@ code walks its ``Linear`` layers to build per-sample gradients without materiali
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
+
+from policygradex.registry import Registry
 
 
 def _layer(n_in: int, n_out: int, gain: float) -> nn.Linear:
@@ -70,7 +73,31 @@ class SoftModularNet(nn.Module):
         return self.head(h.mean(-2))
 
 
-ARCHS = ("mlp", "softmod")
+def mlp_net(obs_dim: int, n_tasks: int, task_conditioned: bool, hidden: tuple[int, ...], n_out: int,
+            out_gain: float) -> nn.Module:
+    """An actor or critic MLP on the observation, with the one-hot task id appended when task-conditioned."""
+    return mlp(obs_dim + (n_tasks if task_conditioned else 0), hidden, n_out, out_gain)
+
+
+def softmod_net(obs_dim: int, n_tasks: int, task_conditioned: bool, hidden: tuple[int, ...], n_out: int,
+                out_gain: float) -> nn.Module:
+    """A Soft Modularization network: one layer of modules per entry of ``hidden`` (all of its first width)."""
+    if not task_conditioned:
+        raise ValueError("Soft Modularization routes by task: it needs a task-conditioned policy")
+    return SoftModularNet(obs_dim, n_tasks, n_out, hidden[0], len(hidden), out_gain)
+
+
+Arch = Literal["mlp", "softmod"]
+NetBuilder = Callable[[int, int, bool, tuple[int, ...], int, float], nn.Module]
+"""(obs_dim, n_tasks, task_conditioned, hidden_sizes, n_out, out_gain) -> the actor's or the critic's network,
+reading ``ActorCritic.inputs`` (the observation, then the one-hot task id when task-conditioned)."""
+
+# The networks ActorCritic(arch=...) builds. Adding one: its module (a NetBuilder), one line here, and its name
+# in the Arch Literal above (a trainer that uses it passes arch= to train_ppo, see rl/trainers.py).
+ARCHS: Registry[NetBuilder] = Registry("arch", {
+    "mlp": mlp_net,
+    "softmod": softmod_net,
+})
 
 
 class ActorCritic(nn.Module):
@@ -81,25 +108,16 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_space: gym.Space, n_tasks: int,
-                 hidden_sizes: tuple[int, ...] = (64, 64), task_conditioned: bool = True, arch: str = "mlp") -> None:
+                 hidden_sizes: tuple[int, ...] = (64, 64), task_conditioned: bool = True, arch: Arch = "mlp") -> None:
         super().__init__()
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
-        if arch == "softmod" and not task_conditioned:
-            raise ValueError("Soft Modularization routes by task: it needs a task-conditioned policy")
+        build = ARCHS.get(arch)
         self.obs_dim, self.n_tasks, self.task_conditioned = obs_dim, n_tasks, task_conditioned
         self.hidden_sizes, self.arch = tuple(hidden_sizes), arch
         self.action_space = action_space
         self.continuous = isinstance(action_space, gym.spaces.Box)
         n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
-        n_in = obs_dim + (n_tasks if task_conditioned else 0)
-        if arch == "softmod":
-            width, depth = self.hidden_sizes[0], len(self.hidden_sizes)
-            self.actor = SoftModularNet(obs_dim, n_tasks, n_out, width, depth, out_gain=0.01)
-            self.critic = SoftModularNet(obs_dim, n_tasks, 1, width, depth, out_gain=1.0)
-        else:
-            self.actor = mlp(n_in, self.hidden_sizes, n_out, out_gain=0.01)
-            self.critic = mlp(n_in, self.hidden_sizes, 1, out_gain=1.0)
+        self.actor = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, n_out, 0.01)
+        self.critic = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, 1, 1.0)
         if self.continuous:
             self.log_std = nn.Parameter(torch.zeros(n_out))
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from policygradex.config import PPOConfig
 from policygradex.errors import PGXError
-from policygradex.rl.policy import ActorCritic
+from policygradex.rl.policy import ActorCritic, Arch
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
 from policygradex.tasks.family import EnvFactory
 
@@ -84,7 +84,7 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
 
 def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
-              task_ids: Sequence[int] | None = None, arch: str = "mlp") -> TrainResult:
+              task_ids: Sequence[int] | None = None, arch: Arch = "mlp") -> TrainResult:
     """Train one policy on the tasks behind ``factories``.
 
     By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in

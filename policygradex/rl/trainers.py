@@ -1,0 +1,61 @@
+"""Group trainers: how stage 5 trains one policy on a group's tasks (``--downstream-trainer``).
+
+A trainer's ``train`` takes a ``GroupJob`` (the group's env factories, its family, the train/downstream/adapt
+settings and a seed) and returns a ``TrainResult`` (the policy and its learning curve); ``train_and_evaluate``
+(experiments/pipeline.py) looks the trainer up in ``TRAINERS`` and evaluates what it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from policygradex.registry import Registry
+from policygradex.rl.maml import train_maml
+from policygradex.rl.policy import Arch
+from policygradex.rl.ppo import TrainResult, train_ppo
+
+if TYPE_CHECKING:
+    from policygradex.experiments.pipeline import GroupJob
+
+
+@dataclass(frozen=True)
+class Trainer:
+    train: Callable[[GroupJob], TrainResult]
+    """Train one policy on ``job.factories`` with the job's settings and seed."""
+    lower: str = "--train-learning-rate"
+    """The settings the error asks to lower when this training diverges."""
+
+
+def _train_ppo(job: GroupJob, arch: Arch) -> TrainResult:
+    """Multi-task PPO. Under the meta protocol without task ids: the held-out test tasks it adapts to have none."""
+    ppo = job.ppo if job.downstream.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
+    return train_ppo(job.factories, job.family.observation_space, job.family.action_space, ppo, job.seed, arch=arch)
+
+
+def ppo_group(job: GroupJob) -> TrainResult:
+    """Multi-task PPO on a task-conditioned MLP."""
+    return _train_ppo(job, "mlp")
+
+
+def softmod_group(job: GroupJob) -> TrainResult:
+    """Multi-task PPO on a Soft Modularization network (Yang et al. 2020)."""
+    return _train_ppo(job, "softmod")
+
+
+def maml_group(job: GroupJob) -> TrainResult:
+    """MAML (Finn et al. 2017): a meta-policy without task ids, for the meta protocol."""
+    fam = job.family
+    return train_maml(job.factories, fam.observation_space, fam.action_space, job.ppo, job.adapt, job.seed)
+
+
+# Adding a trainer (PaCo, say) touches one new module, with a function GroupJob -> TrainResult, plus one line
+# here, plus its name in DownstreamConfig.trainer's Literal (config.py); tests/test_registry.py checks that
+# these names and the Literal's agree.
+TRAINERS: Registry[Trainer] = Registry("downstream.trainer", {
+    "ppo": Trainer(ppo_group),
+    "softmod": Trainer(softmod_group),
+    "maml": Trainer(maml_group, lower="--train-learning-rate or --adapt-inner-lr"),
+})
