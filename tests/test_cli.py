@@ -283,3 +283,15 @@ def test_tasks_is_readable_at_80_columns():
         for text in (name, info.summary, info.varies):
             assert "".join(text.split()) in squeezed, text
     assert "mo:mo-lunar-lander-v3" in result.output and "metaworld:reach-v3,push-v3" in result.output
+
+
+def test_run_folder_holds_training_telemetry(quick_run):
+    from policygradex.rl.telemetry import read_scalars
+
+    events = list((quick_run / "tensorboard" / "meta_train").glob("events.out.tfevents.*"))
+    assert events and any(tag == "ppo/approx_kl" for _, tag, _ in read_scalars(events[0]))
+    assert any((quick_run / "tensorboard").glob("group-*/events.out.tfevents.*"))
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["meta_train_stats"]["clip_frac"] <= 1.0
+    stats = metrics["groupings"]["policygradex"]["train_stats"]
+    assert len(stats) == metrics["groupings"]["policygradex"]["k"] and all(s for s in stats)

@@ -42,10 +42,13 @@ from policygradex.rl.evaluate import evaluate
 from policygradex.rl.maml import adapt
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
 from policygradex.rl.ppo import Diverged, train_ppo
+from policygradex.rl.telemetry import summarize
 from policygradex.rl.trainers import TRAINERS
 from policygradex.seeds import derive_seed
 from policygradex.tasks.family import EnvFactory, TaskFamily
 
+META_STATS = "tensorboard/meta_train/summary.json"
+"""How theta*'s training ended (mean of each PPO statistic over its last 10% of updates)."""
 IN_PROCESS_BELOW = 50_000
 """Feature rollouts of fewer transitions in all (tasks x transitions per task) run in the main process."""
 A = TypeVar("A")
@@ -101,6 +104,8 @@ class GroupJob:
     eval_seed: int
     tests: list[tuple[int, int]] = field(default_factory=list)
     """(test task index, its seed) of the test tasks to adapt to (meta protocol)."""
+    log_dir: str | None = None
+    """Folder of the training's TensorBoard event file (in the run folder), or None."""
 
 
 @contextlib.contextmanager
@@ -118,7 +123,7 @@ def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
     trainer = TRAINERS.get(ds.trainer)
     with stopping_divergence("group training (stage 4)", trainer.lower):
         result = trainer.train(job)
-    out: dict[str, Any] = {"curve": result.curve}
+    out: dict[str, Any] = {"curve": result.curve, "train_stats": summarize(result.stats)}
     if ds.protocol == "multi-task":
         ev = evaluate(result.policy, job.factories, ds.eval_episodes, job.eval_seed, ds.deterministic_eval)
         out.update(returns=ev.returns.tolist(), success=None if ev.success is None else ev.success.tolist())
@@ -210,11 +215,19 @@ class Pipeline:
         def compute() -> ActorCritic:
             with (self.progress.stage("1/5 meta-train theta*", ppo.steps_per_task * fam.n_tasks) as advance,
                   stopping_divergence("meta-training theta* (stage 1)", "--meta-learning-rate")):
-                return train_ppo(fam.factories(range(fam.n_tasks)), fam.observation_space, fam.action_space,
-                                 ppo, derive_seed(self.cfg.seed, "meta"), advance).policy
+                result = train_ppo(fam.factories(range(fam.n_tasks)), fam.observation_space, fam.action_space,
+                                   ppo, derive_seed(self.cfg.seed, "meta"), advance,
+                                   log_dir=self._log_dir("meta_train"))
+            if self.folder:  # how theta*'s training ended, for metrics.json (a resumed run reads it back)
+                io.write_json(self.folder / META_STATS, summarize(result.stats))
+            return result.policy
 
         return self._stage("meta_train", "meta_policy.pt", compute, save_policy,
                            lambda p: load_policy(p, fam.action_space))
+
+    def _log_dir(self, name: str) -> str | None:
+        """Where a training writes its TensorBoard events: ``tensorboard/<name>`` in the run folder."""
+        return str(self.folder / "tensorboard" / name) if self.folder else None
 
     # -- stage 2 -------------------------------------------------------------------------------------
     def features(self, policy: ActorCritic) -> GradientStore:
@@ -378,7 +391,8 @@ class Pipeline:
             lambda u: GroupJob(self.family.factories(u[0]), self.family, self.cfg.train, ds, self.cfg.adapt,
                                derive_seed(self.cfg.seed, "group", ",".join(map(str, u[0]))),
                                derive_seed(self.cfg.seed, "eval", ",".join(map(str, u[0]))),
-                               [(t, derive_seed(self.cfg.seed, "test", t)) for t in u[1]]),
+                               [(t, derive_seed(self.cfg.seed, "test", t)) for t in u[1]],
+                               self._log_dir(f"group-{'-'.join(map(str, u[0]))}")),
             weight=lambda u: len(u[0]))
         if done:
             self.seconds["downstream"] = time.perf_counter() - start + self.seconds.get("downstream", 0.0)
@@ -453,6 +467,8 @@ class Pipeline:
             "evaluated_on": (f"{self.cfg.adapt.test_tasks} held-out test tasks, each adapted for "
                              f"{self.cfg.adapt.steps} environment steps from the policy of the group it is routed to"
                              if self.cfg.downstream.protocol == "meta" else "the training tasks"),
+            "meta_train_stats": io.read_json(self.folder / META_STATS)
+            if self.folder and (self.folder / META_STATS).exists() else None,
             "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
             "run_seconds_this_call": round(time.perf_counter() - total_start, 2),
             "groupings": results,
@@ -504,6 +520,7 @@ def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dic
         "per_task": per_task,
         "mean": float(np.mean(list(per_task.values()))),
         "curve": mean_curve([results[tuple(g)]["curve"] for g in groups]),
+        "train_stats": [results[tuple(g)].get("train_stats") for g in groups],  # how each group's training ended
     }
     if routes is not None:
         out["routed"] = [routes.count(j) for j in range(len(groups))]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +27,7 @@ from policygradex.config import AdaptConfig, PPOConfig
 from policygradex.rl.policy import ActorCritic
 from policygradex.rl.ppo import Diverged, Progress, TrainResult, _mean_return_per_task, budget_progress, check_finite
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
+from policygradex.rl.telemetry import ScalarWriter
 from policygradex.tasks.family import EnvFactory
 
 Params = dict[str, torch.Tensor]
@@ -85,13 +87,15 @@ def adapt(policy: ActorCritic, factory: EnvFactory, adapt_cfg: AdaptConfig, ppo:
 
 
 def train_maml(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
-               ppo: PPOConfig, adapt_cfg: AdaptConfig, seed: int, progress: Progress | None = None) -> TrainResult:
+               ppo: PPOConfig, adapt_cfg: AdaptConfig, seed: int, progress: Progress | None = None,
+               log_dir: str | Path | None = None) -> TrainResult:
     """Meta-train one policy (no task input) on the tasks behind ``factories``.
 
     Each iteration, per task: a support rollout of ``adapt_cfg.steps`` steps at theta, the inner update to
     theta', a query rollout of ``ppo.num_steps`` steps per env at theta'; then ``ppo.update_epochs`` Adam steps
     on the summed outer loss (the inner update recomputed each time, as it depends on theta). The budget
-    ``ppo.steps_per_task`` counts both rollouts. The curve records the query (post-adaptation) returns.
+    ``ppo.steps_per_task`` counts both rollouts. The curve records the query (post-adaptation) returns; with
+    ``log_dir`` the outer loss and each task's support and query returns go to a TensorBoard event file.
     """
     n_tasks, n_envs = len(factories), ppo.envs_per_task
     torch.manual_seed(seed)
@@ -103,10 +107,12 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.Space, ac
     steps_per_iter = n_envs * (support_steps + ppo.num_steps)  # per task
     iterations = math.ceil(ppo.steps_per_task / steps_per_iter)
     curve: list[tuple[int, list[float]]] = []
+    stats: list[dict[str, float]] = []
     advance = budget_progress(progress, steps_per_iter, ppo.steps_per_task, n_tasks)
+    writer = ScalarWriter(log_dir) if log_dir is not None else None
     for it in range(iterations):
         optimizer.param_groups[0]["lr"] = ppo.learning_rate * (1.0 - it / iterations)
-        batches, query_returns = [], []
+        batches, query_returns, support_returns = [], [], []
         for runner in runners:
             support = runner.collect(policy, support_steps)
             s_adv, s_ret = _advantages(support, ppo)
@@ -115,22 +121,34 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.Space, ac
             q_adv, q_ret = _advantages(query, ppo)
             batches.append((support, s_adv, s_ret, query, q_adv, q_ret))
             query_returns.append(_mean_return_per_task(query, np.zeros(1, dtype=int))[0])
+            support_returns.append(_mean_return_per_task(support, np.zeros(1, dtype=int))[0])
+        losses = []
         for _ in range(ppo.update_epochs):
             loss = sum(_outer_loss(policy, b, ppo, adapt_cfg) for b in batches) / n_tasks
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), ppo.max_grad_norm)
             optimizer.step()
+            losses.append(loss.detach())
         try:
             check_finite(policy)
         except Diverged as exc:
             raise Diverged(f"{exc} at MAML iteration {it + 1} of {iterations} (learning rate "
                            f"{ppo.learning_rate:g}, inner step {adapt_cfg.inner_lr:g})") from None
         curve.append(((it + 1) * steps_per_iter, query_returns))
+        with np.errstate(all="ignore"):  # a rollout may finish no episode: NaN, skipped
+            stats.append({"outer_loss": torch.stack(losses).mean().item(),
+                          "support_return": float(np.nanmean(support_returns)),
+                          "query_return": float(np.nanmean(query_returns))})
+        if writer is not None:
+            writer.scalars(curve[-1][0], stats[-1], "maml/")
+            writer.scalars(curve[-1][0], {f"task{j}": r for j, r in enumerate(query_returns)}, "query_return/")
         advance(it + 1)
     for runner in runners:
         runner.close()
-    return TrainResult(policy, curve)
+    if writer is not None:
+        writer.close()
+    return TrainResult(policy, curve, stats)
 
 
 def _outer_loss(policy: ActorCritic, batch: tuple, ppo: PPOConfig, adapt_cfg: AdaptConfig) -> torch.Tensor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -15,6 +16,7 @@ from policygradex.config import PPOConfig
 from policygradex.errors import PGXError
 from policygradex.rl.policy import ActorCritic, Arch
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
+from policygradex.rl.telemetry import ScalarWriter
 from policygradex.tasks.family import EnvFactory
 
 Progress = Callable[[int], None]
@@ -46,6 +48,8 @@ class TrainResult:
     policy: ActorCritic
     curve: list[tuple[int, list[float]]]
     """(env steps per task so far, mean return of the episodes each task finished in that rollout; NaN if none)."""
+    stats: list[dict[str, float]] = field(default_factory=list)
+    """Per update: losses, approx KL, clip fraction, entropy, explained variance (``ppo_update``'s record)."""
 
 
 def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
@@ -58,6 +62,7 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
     b_returns, b_values = returns.reshape(-1), rollout.values.reshape(-1)
     batch = len(b_obs)
     mb_size = max(1, batch // cfg.num_minibatches)
+    record: dict[str, list[torch.Tensor]] = {k: [] for k in ("pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac")}
     for _ in range(cfg.update_epochs):
         order = torch.randperm(batch, generator=generator)
         for start in range(0, batch, mb_size):
@@ -77,19 +82,25 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
+            with torch.no_grad():  # kept as tensors: one sync per update, not per minibatch
+                for k, v in (("pg_loss", pg_loss), ("v_loss", v_loss), ("entropy", entropy),
+                             ("approx_kl", ((ratio - 1) - logratio).mean()),
+                             ("clip_frac", ((ratio - 1).abs() > cfg.clip_coef).float().mean())):
+                    record[k].append(v.detach())
     explained = 1 - (b_returns - b_values).var() / (b_returns.var() + 1e-8)
-    return {"pg_loss": pg_loss.item(), "v_loss": v_loss.item(), "entropy": entropy.item(),
-            "approx_kl": ((ratio - 1) - logratio).mean().item(), "explained_var": explained.item()}
+    return {**{k: torch.stack(v).mean().item() for k, v in record.items()}, "explained_var": explained.item()}
 
 
 def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
-              task_ids: Sequence[int] | None = None, arch: Arch = "mlp") -> TrainResult:
+              task_ids: Sequence[int] | None = None, arch: Arch = "mlp",
+              log_dir: str | Path | None = None) -> TrainResult:
     """Train one policy on the tasks behind ``factories``.
 
     By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in
     place) and ``task_ids``, each factory's task index in that policy's task space. ``arch`` picks the
-    network of a new policy ('mlp' or 'softmod', see policy.py).
+    network of a new policy ('mlp' or 'softmod', see policy.py). With ``log_dir``, every update's statistics
+    and each task's episode return go to a TensorBoard event file there (``rl/telemetry.py``).
     """
     n_tasks = len(factories)
     torch.manual_seed(seed)
@@ -104,19 +115,27 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, act
     steps_per_iter = cfg.num_steps * cfg.envs_per_task  # per task
     iterations = math.ceil(cfg.steps_per_task / steps_per_iter)
     curve: list[tuple[int, list[float]]] = []
+    stats: list[dict[str, float]] = []
     advance = budget_progress(progress, steps_per_iter, cfg.steps_per_task, n_tasks)
+    writer = ScalarWriter(log_dir) if log_dir is not None else None
     for it in range(iterations):
         optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - it / iterations)
         rollout = runner.collect(policy, cfg.num_steps)
         try:
-            ppo_update(policy, optimizer, rollout, cfg, generator)
+            stats.append(ppo_update(policy, optimizer, rollout, cfg, generator))
             check_finite(policy)
         except Diverged as exc:
             raise Diverged(f"{exc} at update {it + 1} of {iterations} (learning rate {cfg.learning_rate:g})") from None
         curve.append(((it + 1) * steps_per_iter, _mean_return_per_task(rollout, ids)))
+        if writer is not None:
+            writer.scalars(curve[-1][0], {**stats[-1], "learning_rate": optimizer.param_groups[0]["lr"]}, "ppo/")
+            writer.scalars(curve[-1][0], {f"task{int(t)}": r for t, r in zip(ids, curve[-1][1], strict=True)},
+                           "episode_return/")
         advance(it + 1)
     runner.close()
-    return TrainResult(policy, curve)
+    if writer is not None:
+        writer.close()
+    return TrainResult(policy, curve, stats)
 
 
 def _mean_return_per_task(rollout: Rollout, ids: np.ndarray) -> list[float]:

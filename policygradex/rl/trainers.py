@@ -32,7 +32,8 @@ class Trainer:
 def _train_ppo(job: GroupJob, arch: Arch) -> TrainResult:
     """Multi-task PPO. Under the meta protocol without task ids: the held-out test tasks it adapts to have none."""
     ppo = job.ppo if job.downstream.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
-    return train_ppo(job.factories, job.family.observation_space, job.family.action_space, ppo, job.seed, arch=arch)
+    return train_ppo(job.factories, job.family.observation_space, job.family.action_space, ppo, job.seed, arch=arch,
+                     log_dir=job.log_dir)
 
 
 def ppo_group(job: GroupJob) -> TrainResult:
@@ -48,7 +49,8 @@ def softmod_group(job: GroupJob) -> TrainResult:
 def maml_group(job: GroupJob) -> TrainResult:
     """MAML (Finn et al. 2017): a meta-policy without task ids, for the meta protocol."""
     fam = job.family
-    return train_maml(job.factories, fam.observation_space, fam.action_space, job.ppo, job.adapt, job.seed)
+    return train_maml(job.factories, fam.observation_space, fam.action_space, job.ppo, job.adapt, job.seed,
+                      log_dir=job.log_dir)
 
 
 # Adding a trainer (PaCo, say) touches one new module, with a function GroupJob -> TrainResult, plus one line
