@@ -16,9 +16,8 @@ import textwrap
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -27,11 +26,16 @@ from typer.core import TyperCommand, TyperGroup
 from policygradex.config import Config, field_docs, literal_choices, with_overrides
 from policygradex.errors import ConfigError, PGXError
 
+if TYPE_CHECKING:
+    # Typer (0.26 on) runs on a vendored copy of click, not the click package: these are the types its TyperGroup
+    # and TyperCommand pass to the methods overridden below (a private module, so for annotations only).
+    from typer._click import Context, HelpFormatter
+
 
 class _Group(TyperGroup):
     """Lists each command with its whole first paragraph, wrapped (click cuts it to one line)."""
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
         rows = []
         for name in self.list_commands(ctx):
             cmd = self.get_command(ctx, name)
@@ -45,7 +49,13 @@ class _Group(TyperGroup):
 
 # Help is plain click text, not rich's option tables: those cut long flag names (--meta-steps-per-ta…) to fit
 # narrow terminals, while click wraps the help beside them and never shortens a name.
-PLAIN = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}, "cls": _Group}
+class _PlainHelp(TypedDict):
+    rich_markup_mode: None
+    context_settings: dict[str, Any]
+    cls: type[TyperGroup]
+
+
+PLAIN: _PlainHelp = {"rich_markup_mode": None, "context_settings": {"max_content_width": 100}, "cls": _Group}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, **PLAIN,
                   help="Which RL tasks to train together: PolicyGradEx task grouping from projected gradients.")
 
@@ -67,7 +77,7 @@ def config_options() -> list[Option]:
     options = []
     for top in dataclasses.fields(Config):
         default = getattr(Config(), top.name)
-        if dataclasses.is_dataclass(default):
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):  # a section (an instance)
             cls, section = type(default), top.name
             fields = [(f, getattr(default, f.name)) for f in dataclasses.fields(cls)]
         else:
@@ -133,7 +143,7 @@ def build_config(values: dict[str, Any], family: str, quick: bool) -> Config:
     return with_overrides(Config.for_family(family, quick), overrides)
 
 
-SECTION_TITLES = {None: "General"}
+SECTION_TITLES: dict[str | None, str] = {None: "General"}
 """Help section of each config section (default: its name capitalised)."""
 
 
@@ -183,16 +193,18 @@ class ConfigCommand(TyperCommand):
     """A command with config options: its help groups them by section and shows the defaults of the family
     the command line names (``run --family planted --help``), since help is printed before options are parsed."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        family = next((p.default for p in self.params if p.name == "family"), "cartpole")
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        default = next((p.default for p in self.params if p.name == "family"), None)
+        family = default if isinstance(default, str) else "cartpole"
         ctx.meta["policygradex.help_family"] = _help_family(args, family)
         return super().parse_args(ctx, args)
 
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
         options = _options_by_param()
         family, quick = ctx.meta.get("policygradex.help_family", ("cartpole", False))
         cfg = Config.for_family(family, quick)
-        own, sections = [], {}
+        own: list[tuple[str, str]] = []
+        sections: dict[str | None, list[tuple[str, str]]] = {}
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is None:
@@ -369,11 +381,11 @@ def tasks_cmd() -> None:
         rows = [("tasks", info.summary), ("varies", info.varies)]
         if info.extra:
             rows.append(("needs", f'pip install "policygradex[{info.extra}]"'))
-        lines = [click.style(name, bold=True)]
+        lines = [typer.style(name, bold=True)]
         for label, text in rows:
             lines.append(textwrap.fill(text, width, initial_indent=f"  {label:<8}", subsequent_indent=" " * 10,
                                        break_on_hyphens=False))
-        click.echo(("\n" if i else "") + "\n".join(lines))
+        typer.echo(("\n" if i else "") + "\n".join(lines))
 
 
 bench_app = typer.Typer(no_args_is_help=True, **PLAIN, help="Benchmarks; each prints one JSON object per line.")

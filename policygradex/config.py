@@ -324,9 +324,8 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> Config:
         kwargs = dict(data)
         for f in dataclasses.fields(cls):
-            if isinstance(kwargs.get(f.name), dict):
-                section_cls = type(f.default_factory())  # type: ignore[misc]
-                kwargs[f.name] = _from_plain(section_cls, kwargs[f.name])
+            if isinstance(kwargs.get(f.name), dict) and f.default_factory is not dataclasses.MISSING:  # a section
+                kwargs[f.name] = _from_plain(type(f.default_factory()), kwargs[f.name])
         return cls(**kwargs)
 
 
@@ -371,7 +370,8 @@ def literal_choices(cls: type) -> dict[str, tuple[Any, ...]]:
 
 
 def _check_choices(obj: Any) -> None:
-    for name, allowed in literal_choices(type(obj)).items():
+    # A class is hashable; mypy checks type[X] against Hashable through X's instances (python/typeshed#4638).
+    for name, allowed in literal_choices(type(obj)).items():  # type: ignore[arg-type]
         value = getattr(obj, name)
         if value not in allowed:
             raise ConfigError(name, f"must be one of {', '.join(map(str, allowed))}; got {value!r}")

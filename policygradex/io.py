@@ -23,7 +23,7 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)``, then rename the temporary file onto ``path``, with the mode the user's umask
     gives new files (a temporary file starts at 0600: readable by its owner alone)."""
     path = Path(path)
@@ -77,7 +77,7 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     def write(p: Path) -> None:
         with open(p, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=True, **arrays)  # numpy's default, named so no array is taken for the flag
 
     atomic_write(path, write)
 

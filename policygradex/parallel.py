@@ -168,10 +168,10 @@ class RayExecutor(Executor):
 
     def __init__(self, workers: int, address: str | None = None) -> None:
         self.workers, self.address = workers, address
-        self._remote = None
+        self._submit: Callable[[bytes], Any] | None = None  # a Ray task per call; returns its ObjectRef
         self._started_here = False
 
-    def _start(self) -> None:
+    def _start(self) -> Callable[[bytes], Any]:
         try:
             import ray
         except ImportError:
@@ -194,17 +194,17 @@ class RayExecutor(Executor):
             init_worker()
             return _call(blob)
 
-        self._remote = call
+        return call.remote
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], on_done: OnDone | None = None) -> list[R]:
         if not items:
             return []
-        if self._remote is None:
-            self._start()
+        if self._submit is None:
+            self._submit = self._start()
         import cloudpickle
         import ray
 
-        refs = [self._remote.remote(cloudpickle.dumps((fn, item))) for item in items]
+        refs = [self._submit(cloudpickle.dumps((fn, item))) for item in items]
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[Any] = [None] * len(items)
         pending = list(refs)
@@ -226,7 +226,7 @@ class RayExecutor(Executor):
             import ray
 
             ray.shutdown()
-        self._remote, self._started_here = None, False
+        self._submit, self._started_here = None, False
 
 
 # The executors --executor chooses from. Adding one: its module (an Executor subclass), one line here, and its

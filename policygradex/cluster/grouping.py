@@ -26,14 +26,16 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
     n = len(U)
     if cfg.k is not None and cfg.k > n:
         raise PGXError(f"k = {cfg.k} groups for {n} tasks; choose k between 1 and {n}")
-    if cfg.k is None and cfg.trace_penalty is None and null_values is None:
+    chosen_by_test = cfg.k is None and cfg.trace_penalty is None
+    if chosen_by_test and null_values is None:
         raise PGXError("choosing k needs the affinity's null draws: pass the AffinityResult of estimate_affinity "
                        "(pgx.group_tasks(res)), or fix k=..., or set trace_penalty=...")
 
     def rule(A: np.ndarray) -> tuple[Grouping, KChoice | None]:
         test = None if null_values is None else choose_k(partition_values(A), null_values, cfg.alpha)
-        if cfg.k is not None or cfg.trace_penalty is not None:
+        if not chosen_by_test:
             return partition(A, cfg.k, cfg.trace_penalty or 0.0, cfg.sdp_solver, seed), test
+        assert test is not None  # k comes from the null test, which needs null_values (checked above)
         if test.k == 1:
             return Grouping([list(range(n))], "null-test"), test
         g = partition(A, test.k, 0.0, cfg.sdp_solver, seed)
@@ -45,13 +47,13 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
     if bootstrap is not None and len(bootstrap):
         drawn = [rule(A)[0].groups for A in bootstrap]
         out.confidence = confidence(out.groups, drawn)
-        chosen_by_test = cfg.k is None and cfg.trace_penalty is None
         if chosen_by_test and out.k > 1 and out.confidence.stability < cfg.min_stability:
-            split = out
+            assert test is not None  # k came from the null test
+            split, stability = out, out.confidence.stability
             out = Grouping([list(range(n))], "null-test-unstable")
             out.confidence = confidence(out.groups, drawn)
             out.reason = (f"one group: a split into {split.k} beats the null at {cfg.alpha:.0%} (p = {test.p:.2f}) "
-                          f"but does not replicate on bootstrap resamples (stability {split.confidence.stability:.2f}"
+                          f"but does not replicate on bootstrap resamples (stability {stability:.2f}"
                           f" < {cfg.min_stability:g})")
     if test is not None:
         out.null_p, out.p_values = test.p, test.p_by_k
@@ -65,6 +67,7 @@ def _reason(k: int, test: KChoice | None, cfg: ClusterConfig) -> str:
         return f"k = {k} was fixed{against}"
     if cfg.trace_penalty is not None:
         return f"k = {k} chosen by the SDP's trace penalty {cfg.trace_penalty:g}{against}"
+    assert test is not None  # k came from the null test
     if k == 1:
         return f"one group: no split beats the null at {level} (p = {test.p:.2f})"
     return (f"{k} groups: splitting beats the null at {level} (p = {test.p:.2f}), and {k} groups exceed what noise "

@@ -61,9 +61,9 @@ def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
     task = roll.task.repeat_interleave(steps)
     z = torch.cat([job.projector.features(job.policy, obs[sl], task[sl], actions[sl]).detach()
                    for sl in (slice(s, s + job.batch_size) for s in range(0, len(obs), job.batch_size))])
-    a = a.numpy()
+    advantage = a.numpy()
     holdout = np.arange(steps) >= int(round(steps * (1 - cfg.holdout_fraction)))
-    return {"z": z.numpy(), "y": np.where(a >= 0, 1.0, -1.0), "w": np.abs(a), "task": task.numpy(),
+    return {"z": z.numpy(), "y": np.where(advantage >= 0, 1.0, -1.0), "w": np.abs(advantage), "task": task.numpy(),
             "holdout": np.tile(holdout, len(job.tasks))}
 
 

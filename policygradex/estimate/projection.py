@@ -52,8 +52,16 @@ class Projector(Protocol):
         ...
 
 
-def _actor_layers(policy: ActorCritic) -> list[nn.Linear]:
-    return [m for m in policy.actor if isinstance(m, nn.Linear)]
+def actor_mlp(policy: ActorCritic) -> nn.Sequential:
+    """The actor as the projectors read it: an MLP (``arch="mlp"``), Linear layers and activations in order."""
+    if not isinstance(policy.actor, nn.Sequential):
+        raise TypeError(f"gradient projection needs an MLP actor (arch='mlp'), not {type(policy.actor).__name__}")
+    return policy.actor
+
+
+def actor_layers(policy: ActorCritic) -> list[nn.Linear]:
+    """The actor's Linear layers, the ones projected."""
+    return [m for m in actor_mlp(policy) if isinstance(m, nn.Linear)]
 
 
 class FactoredProjector:
@@ -64,13 +72,13 @@ class FactoredProjector:
         self.dim = dim
         # (p_l, q_l) per layer: (out, d) and (in + 1, d), N(0, 1) entries; the 1/sqrt(d) comes at use.
         self.mats = [(torch.randn(layer.out_features, dim, generator=gen),
-                      torch.randn(layer.in_features + 1, dim, generator=gen)) for layer in _actor_layers(policy)]
+                      torch.randn(layer.in_features + 1, dim, generator=gen)) for layer in actor_layers(policy)]
 
     def features(self, policy: ActorCritic, obs: torch.Tensor, task: torch.Tensor,
                  actions: torch.Tensor) -> torch.Tensor:
         h = policy.inputs(obs, task)
         cache: list[tuple[torch.Tensor, torch.Tensor]] = []  # (layer input, layer output)
-        for module in policy.actor:
+        for module in actor_mlp(policy):
             out = module(h)
             if isinstance(module, nn.Linear):
                 cache.append((h, out))
@@ -93,7 +101,7 @@ class FactoredProjector:
         """Map a d-dim solution back to parameter space, P beta: [dW db]_l = p_l diag(beta) q_l^T / sqrt(d)."""
         step = {}
         names = {id(m): n for n, m in policy.actor.named_children()}
-        for layer, (p, q) in zip(_actor_layers(policy), self.mats, strict=True):
+        for layer, (p, q) in zip(actor_layers(policy), self.mats, strict=True):
             block = (p * beta.to(p.dtype)) @ q.T / math.sqrt(self.dim)
             name = f"actor.{names[id(layer)]}"
             step[f"{name}.weight"], step[f"{name}.bias"] = block[:, :-1], block[:, -1]
@@ -102,7 +110,7 @@ class FactoredProjector:
 
 def flat_actor_params(policy: ActorCritic) -> list[torch.Tensor]:
     """The actor's [W b] matrices, the layout the projections use."""
-    return [torch.cat([m.weight, m.bias[:, None]], dim=1) for m in _actor_layers(policy)]
+    return [torch.cat([m.weight, m.bias[:, None]], dim=1) for m in actor_layers(policy)]
 
 
 def per_sample_gradients(policy: ActorCritic, obs: torch.Tensor, task: torch.Tensor,
@@ -117,7 +125,7 @@ def per_sample_gradients(policy: ActorCritic, obs: torch.Tensor, task: torch.Ten
     grads = vmap(grad(logp), in_dims=(None, 0, 0, 0))(params, obs, task, actions)
     names = {id(m): n for n, m in policy.actor.named_children()}
     blocks = []
-    for layer in _actor_layers(policy):
+    for layer in actor_layers(policy):
         name = names[id(layer)]
         blocks.append(torch.cat([grads[f"{name}.weight"], grads[f"{name}.bias"][:, :, None]], 2).flatten(1))
     return torch.cat(blocks, dim=1)
@@ -135,7 +143,7 @@ class GaussianProjector:
 
     def __init__(self, policy: ActorCritic, dim: int, seed: int, memory_bytes: int = 256 * 2**20) -> None:
         self.dim, self.seed = dim, seed
-        self.shapes = [(m.out_features, m.in_features + 1) for m in _actor_layers(policy)]
+        self.shapes = [(m.out_features, m.in_features + 1) for m in actor_layers(policy)]
         self.n_params = sum(o * i for o, i in self.shapes)
         blocks = max(1, memory_bytes // (4 * dim * self.BLOCK))
         self.chunk_rows = blocks * self.BLOCK
@@ -175,7 +183,7 @@ class GaussianProjector:
         flat = torch.cat([P @ beta.to(P.dtype) for _, _, P in self._chunks()])
         step, start = {}, 0
         names = {id(m): n for n, m in policy.actor.named_children()}
-        for layer, (o, i) in zip(_actor_layers(policy), self.shapes, strict=True):
+        for layer, (o, i) in zip(actor_layers(policy), self.shapes, strict=True):
             block = flat[start:start + o * i].reshape(o, i)
             name = f"actor.{names[id(layer)]}"
             step[f"{name}.weight"], step[f"{name}.bias"] = block[:, :-1], block[:, -1]

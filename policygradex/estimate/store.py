@@ -50,7 +50,7 @@ class GradientStore:
         if columns is not None:
             n_rows, d = columns["z"].shape
         self.n_rows, self.d = n_rows, d
-        self._index = None
+        self._index: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.n_rows
@@ -63,7 +63,7 @@ class GradientStore:
         if self._columns is not None:
             return np.asarray(self._columns[column][start:stop])
         dtype, width = np.dtype(COLUMNS[column]), (self.d if column == "z" else 1)
-        with open(self.path / f"{column}.npy", "rb") as f:
+        with open(self._file(column), "rb") as f:
             _header_size(f)  # leaves the file at the first row
             out = np.fromfile(f, dtype=dtype, count=(stop - start) * width, offset=start * width * dtype.itemsize)
         return out.reshape((stop - start, self.d) if column == "z" else (stop - start,))
@@ -93,7 +93,12 @@ class GradientStore:
             raise AttributeError(column)
         if self._columns is not None:
             return self._columns[column]
-        return np.load(self.path / f"{column}.npy", mmap_mode="r")
+        return np.load(self._file(column), mmap_mode="r")
+
+    def _file(self, column: str) -> Path:
+        """A column's ``.npy`` file, for a store on disk (one without in-memory columns)."""
+        assert self.path is not None, "a GradientStore holds its columns in memory or has a path"
+        return self.path / f"{column}.npy"
 
     # -- on disk -------------------------------------------------------------------------------------
     @classmethod
@@ -155,12 +160,12 @@ class StoreWriter:
         self.path, self.n_rows, self.d, self.n_tasks = path, n_rows, d, n_tasks
         shapes = {k: (n_rows, d) if k == "z" else (n_rows,) for k in COLUMNS}
         if path is None:
-            self.columns = {k: np.zeros(shapes[k], dtype=dt) for k, dt in COLUMNS.items()}
+            self.columns: dict[str, np.ndarray] = {k: np.zeros(shapes[k], dtype=dt) for k, dt in COLUMNS.items()}
             return
         self.tmp = path.with_name(f".{path.name}.tmp")  # a crashed build's leftovers are cleared here
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
-        self.offsets = {}
+        self.offsets: dict[str, int] = {}
         for k, dt in COLUMNS.items():
             with open(self.tmp / f"{k}.npy", "wb") as f:
                 np.lib.format.write_array_header_1_0(
@@ -184,7 +189,8 @@ class StoreWriter:
         if self.path is None:
             return GradientStore(self.columns, self.n_tasks)
         staged = GradientStore(None, self.n_tasks, path=self.tmp, n_rows=self.n_rows, d=self.d)
-        np.savez(self.tmp / "stats.npz", **staged.stats.arrays())
+        # allow_pickle is numpy's default, named so that no key of ``arrays()`` can be taken for it
+        np.savez(self.tmp / "stats.npz", allow_pickle=True, **staged.stats.arrays())
         (self.tmp / "meta.json").write_text(json.dumps({"n_rows": self.n_rows, "d": self.d, "n_tasks": self.n_tasks}))
         if self.path.exists():
             shutil.rmtree(self.path)

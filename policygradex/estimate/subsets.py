@@ -19,7 +19,7 @@ def sample_subsets(n_tasks: int, size: int | None, pair_coverage: int, max_subse
     size = min(n_tasks, size or default_subset_size(n_tasks))
     together = np.zeros((n_tasks, n_tasks), dtype=int)
     off_diag = ~np.eye(n_tasks, dtype=bool)
-    rows = []
+    rows: list[np.ndarray] = []
     while len(rows) < max_subsets and together[off_diag].min() < pair_coverage:
         row = np.zeros(n_tasks, dtype=bool)
         row[rng.choice(n_tasks, size=size, replace=False)] = True

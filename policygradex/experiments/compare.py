@@ -62,9 +62,8 @@ def compare(family: TaskFamily, cfg: Config, seeds: int, out: str | Path, progre
     folder = RunFolder.open(out, io.jsonable({"family": family.spec, "config": {**cfg.identity(), "seed": None}}))
     seed_list = list(range(cfg.seed, cfg.seed + seeds))
     if seeds > 1 and (cfg.workers > 1 or cfg.executor == "ray"):
-        inner = {"workers": 1, "executor": "local", "ray_address": None}
-        jobs = [SeedJob(family, dataclasses.replace(cfg, seed=s, **inner), folder / f"seed-{s}", False)
-                for s in seed_list]
+        inner = dataclasses.replace(cfg, workers=1, executor="local", ray_address=None)  # one process per seed
+        jobs = [SeedJob(family, dataclasses.replace(inner, seed=s), folder / f"seed-{s}", False) for s in seed_list]
         with make_executor(cfg.executor, cfg.workers, cfg.ray_address) as executor, \
                 StageProgress(progress).stage(f"compare: {seeds} seeds on {cfg.workers} workers", seeds) as advance:
             runs = executor.map(run_seed, jobs, lambda i, r: advance(1))

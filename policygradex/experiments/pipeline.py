@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
@@ -53,8 +54,15 @@ IN_PROCESS_BELOW = 50_000
 """Feature rollouts of fewer transitions in all (tasks x transitions per task) run in the main process."""
 A = TypeVar("A")
 K = TypeVar("K")
-_MISSING = object()
-"""What ``Pipeline._reuse`` returns when an artifact has to be computed."""
+
+
+class _Missing(enum.Enum):
+    """What ``Pipeline._reuse`` returns when an artifact has to be computed (an enum member: a type of its own)."""
+
+    MISSING = enum.auto()
+
+
+_MISSING: Final = _Missing.MISSING
 
 
 @dataclass
@@ -145,7 +153,7 @@ class Pipeline:
                  progress: bool = True) -> None:
         self.family, self.cfg = family, cfg
         check_fits(cfg, family.n_tasks)  # before any work, and before a folder records settings that cannot run
-        self.folder = None
+        self.folder: RunFolder | None = None
         if out is not None:
             identity = {"family": family.spec, "config": cfg.identity()}
             if not family.builtin:
@@ -168,6 +176,13 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def run_folder(self) -> RunFolder:
+        """``folder`` where there is one by construction: a Pipeline made with ``out``, or a stage that has an
+        artifact path (only a run folder gives one)."""
+        assert self.folder is not None, "this pipeline was made without a run folder (out=None)"
+        return self.folder
+
     # -- caching -------------------------------------------------------------------------------------
     def _stage(self, name: str, artifact: str, compute: Callable[[], A], save: Callable[[A, Path], None],
                load: Callable[[Path], A], sealed: str | None = None) -> A:
@@ -189,23 +204,23 @@ class Pipeline:
         self._inner_seconds += self.seconds[name]
         if path is not None:
             save(value, path)
-            self.folder.seal(sealed)
-            self.folder.record_time(name, self.seconds[name])
+            self.run_folder.seal(sealed)
+            self.run_folder.record_time(name, self.seconds[name])
         self._values[name] = value
         return value
 
-    def _reuse(self, path: Path, sealed: str, load: Callable[[Path], A]) -> A | object:
+    def _reuse(self, path: Path, sealed: str, load: Callable[[Path], A]) -> A | _Missing:
         """``load(path)`` if the artifact is there and ``sealed`` matches its checksum, else ``_MISSING``; a damaged
         or unreadable artifact is reported, never used."""
         if not path.exists():
             return _MISSING
-        problem = self.folder.verify(sealed)
+        problem = self.run_folder.verify(sealed)
         if problem is None:
             try:
                 return load(path)
             except Exception as exc:  # unreadable although sealed
                 problem = f"is unreadable ({type(exc).__name__})"
-        self.progress.warn(f"{self.folder / sealed} {problem}; recomputing it")
+        self.progress.warn(f"{self.run_folder / sealed} {problem}; recomputing it")
         return _MISSING
 
     # -- stage 1 -------------------------------------------------------------------------------------
@@ -422,14 +437,14 @@ class Pipeline:
                 results[todo[i]] = res
                 if (path := path_of(todo[i])) is not None:
                     io.write_json(path, res)
-                    self.folder.seal(self._relative(path))
+                    self.run_folder.seal(self._relative(path))
                 advance(weight(todo[i]))
 
             self.executor.map(fn, [job_of(k) for k in todo], done)
         return results, len(todo)
 
     def _relative(self, path: Path) -> str:
-        return path.relative_to(self.folder.path).as_posix()
+        return path.relative_to(self.run_folder.path).as_posix()
 
     def _unit_path(self, unit: tuple[tuple[int, ...], tuple[int, ...]]) -> Path | None:
         """downstream/group-0-3-4.json; with test tasks routed to it, a checksum of their list is appended."""
@@ -497,7 +512,7 @@ def describe(grouping: Grouping, names: list[str]) -> str:
 
 
 def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]], names: list[str],
-                     routes: list[int] | None = None, test_names: list[str] | None = None) -> dict[str, Any]:
+                     routes: list[int] | None = None, test_names: Sequence[str] = ()) -> dict[str, Any]:
     """Per-task results of one grouping: its training tasks (multi-task protocol) or, with ``routes`` (the group
     each test task went to), the adapted test tasks (meta protocol)."""
     per_task: dict[str, float] = {}
@@ -509,8 +524,8 @@ def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dic
             if res.get("success") is not None:
                 success.update({names[i]: float(r) for i, r in zip(g, res["success"], strict=True)})
     else:
-        for t, g in enumerate(routes):
-            res = results[tuple(groups[g])]
+        for t, to in enumerate(routes):
+            res = results[tuple(groups[to])]
             per_task[test_names[t]] = res["test_returns"][str(t)]
             if str(t) in res.get("test_success", {}):
                 success[test_names[t]] = res["test_success"][str(t)]

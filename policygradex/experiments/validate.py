@@ -28,7 +28,7 @@ from policygradex.cluster.significance import nmi, partition_values
 from policygradex.config import Config
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
-from policygradex.estimate.projection import PROJECTORS, apply_step, scale_to_distance
+from policygradex.estimate.projection import PROJECTORS, actor_layers, apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
 from policygradex.experiments.pipeline import Pipeline, derive_seed, stopping_divergence
 from policygradex.parallel import torch_threads
@@ -58,7 +58,8 @@ def first_order_error(policy: ActorCritic, step: dict[str, torch.Tensor], obs: t
                                actions)
 
     with torch.no_grad():
-        before, linear = jvp(logp, (params,), (tangent,))
+        # torch annotates jvp's result as a pair or, with has_aux, a triple: one type for both
+        before, linear = jvp(logp, (params,), (tangent,))  # type: ignore[misc]
         moved = apply_step(policy, step)
         after = moved.log_prob(moved.policy(obs, task), actions)
     scale = (after - before) if relative_to == "change" else after
@@ -139,7 +140,7 @@ def _estimate_flops(pipe: Pipeline, policy: ActorCritic, m_est: int, subset_size
     actor = sum(p.numel() for p in policy.actor.parameters())
     total = sum(p.numel() for p in policy.parameters())
     d, n, T = cfg.estimate.proj_dim, pipe.family.n_tasks, cfg.estimate.transitions_per_task
-    widths = [(mm.in_features + 1 + mm.out_features) for mm in policy.actor if isinstance(mm, torch.nn.Linear)]
+    widths = [(mm.in_features + 1 + mm.out_features) for mm in actor_layers(policy)]
     per_step = 2 * total + cfg.meta.update_epochs * 6 * total
     gt_per_subset = subset_sizes * cfg.validate.finetune_steps_per_task * per_step
     est = n * T * (2 * total + 6 * actor + 2 * d * sum(widths) + 2 * d * d) + m_est * (n * d * d + d**3 / 3)
@@ -282,6 +283,6 @@ def run_study(study: str, family: TaskFamily, cfg: Config, out: str | Path, prog
     fn, filename = STUDIES[study]
     with Pipeline(family, cfg, out, progress) as pipe, torch_threads(1):
         result = fn(pipe)
-    io.write_json(pipe.folder / filename, result)
-    write_report(pipe.folder.path)
+    io.write_json(pipe.run_folder / filename, result)
+    write_report(pipe.run_folder.path)
     return result

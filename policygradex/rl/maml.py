@@ -28,7 +28,7 @@ from policygradex.rl.policy import ActorCritic
 from policygradex.rl.ppo import Diverged, Progress, TrainResult, _mean_return_per_task, budget_progress, check_finite
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
 from policygradex.rl.telemetry import ScalarWriter
-from policygradex.tasks.family import EnvFactory
+from policygradex.tasks.family import ActionSpace, EnvFactory
 
 Params = dict[str, torch.Tensor]
 
@@ -86,7 +86,7 @@ def adapt(policy: ActorCritic, factory: EnvFactory, adapt_cfg: AdaptConfig, ppo:
     return current
 
 
-def train_maml(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
+def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box, action_space: ActionSpace,
                ppo: PPOConfig, adapt_cfg: AdaptConfig, seed: int, progress: Progress | None = None,
                log_dir: str | Path | None = None) -> TrainResult:
     """Meta-train one policy (no task input) on the tasks behind ``factories``.
@@ -124,7 +124,7 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.Space, ac
             support_returns.append(_mean_return_per_task(support, np.zeros(1, dtype=int))[0])
         losses = []
         for _ in range(ppo.update_epochs):
-            loss = sum(_outer_loss(policy, b, ppo, adapt_cfg) for b in batches) / n_tasks
+            loss = sum((_outer_loss(policy, b, ppo, adapt_cfg) for b in batches), torch.zeros(())) / n_tasks
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), ppo.max_grad_norm)

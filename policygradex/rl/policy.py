@@ -17,6 +17,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
 from policygradex.registry import Registry
+from policygradex.tasks.family import ActionSpace
 
 
 def _layer(n_in: int, n_out: int, gain: float) -> nn.Linear:
@@ -107,7 +108,7 @@ class ActorCritic(nn.Module):
     layer of modules per entry of ``hidden_sizes`` (all of its first width).
     """
 
-    def __init__(self, obs_dim: int, action_space: gym.Space, n_tasks: int,
+    def __init__(self, obs_dim: int, action_space: ActionSpace, n_tasks: int,
                  hidden_sizes: tuple[int, ...] = (64, 64), task_conditioned: bool = True, arch: Arch = "mlp") -> None:
         super().__init__()
         build = ARCHS.get(arch)
@@ -115,7 +116,10 @@ class ActorCritic(nn.Module):
         self.hidden_sizes, self.arch = tuple(hidden_sizes), arch
         self.action_space = action_space
         self.continuous = isinstance(action_space, gym.spaces.Box)
-        n_out = int(np.prod(action_space.shape)) if self.continuous else int(action_space.n)
+        if isinstance(action_space, gym.spaces.Box):
+            n_out = int(np.prod(action_space.shape))
+        else:
+            n_out = int(action_space.n)
         self.actor = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, n_out, 0.01)
         self.critic = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, 1, 1.0)
         if self.continuous:
@@ -150,13 +154,13 @@ class ActorCritic(nn.Module):
     def act(self, obs: torch.Tensor, task: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
         dist = self.policy(obs, task)
         if deterministic:
-            return dist.mean if self.continuous else dist.probs.argmax(-1)
+            return dist.probs.argmax(-1) if isinstance(dist, Categorical) else dist.mean
         return dist.sample()
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
         """The action as the env takes it (Gaussian samples clipped to the Box bounds)."""
         a = action.cpu().numpy()
-        if self.continuous:
+        if isinstance(self.action_space, gym.spaces.Box):
             return np.clip(a, self.action_space.low, self.action_space.high)
         return a
 
@@ -171,7 +175,7 @@ def save_policy(policy: ActorCritic, path) -> None:
     atomic_torch_save({"spec": policy.spec(), "state_dict": policy.state_dict()}, path)
 
 
-def load_policy(path, action_space: gym.Space) -> ActorCritic:
+def load_policy(path, action_space: ActionSpace) -> ActorCritic:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     spec = blob["spec"]
     policy = ActorCritic(spec["obs_dim"], action_space, spec["n_tasks"], tuple(spec["hidden_sizes"]),

@@ -17,7 +17,7 @@ from policygradex.errors import PGXError
 from policygradex.rl.policy import ActorCritic, Arch
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
 from policygradex.rl.telemetry import ScalarWriter
-from policygradex.tasks.family import EnvFactory
+from policygradex.tasks.family import ActionSpace, EnvFactory
 
 Progress = Callable[[int], None]
 """Called with the number of environment steps just taken."""
@@ -91,7 +91,7 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
     return {**{k: torch.stack(v).mean().item() for k, v in record.items()}, "explained_var": explained.item()}
 
 
-def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, action_space: gym.Space,
+def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box, action_space: ActionSpace,
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
               task_ids: Sequence[int] | None = None, arch: Arch = "mlp",
               log_dir: str | Path | None = None) -> TrainResult:
@@ -111,7 +111,7 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.Space, act
     ids = np.asarray(task_ids if task_ids is not None else range(n_tasks))
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     local = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
-    runner = TaskRunner([factories[j] for j in local], ids[local], seed=seed, gamma=cfg.gamma)
+    runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma)
     steps_per_iter = cfg.num_steps * cfg.envs_per_task  # per task
     iterations = math.ceil(cfg.steps_per_task / steps_per_iter)
     curve: list[tuple[int, list[float]]] = []

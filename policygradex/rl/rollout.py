@@ -62,7 +62,7 @@ class TaskRunner:
     """A vectorised env whose env ``e`` runs task ``task[e]``; keeps its state between rollouts. ``seed``: one
     seed for all (env e is reset with seed + e, gymnasium's rule) or one per env."""
 
-    def __init__(self, factories: Sequence[EnvFactory], task: Sequence[int], seed: int | Sequence[int],
+    def __init__(self, factories: Sequence[EnvFactory], task: Sequence[int] | np.ndarray, seed: int | Sequence[int],
                  gamma: float) -> None:
         self.envs = gym.vector.SyncVectorEnv(list(factories), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.task = torch.as_tensor(np.asarray(task), dtype=torch.long)

@@ -148,13 +148,21 @@ def _fields(buf: bytes) -> dict[int, bytes | int]:
     return out
 
 
+def _bytes_field(fields: dict[int, bytes | int], number: int) -> bytes:
+    """A length-delimited or fixed-width field, which ``_fields`` returns as bytes (varints come back as int)."""
+    value = fields[number]
+    if not isinstance(value, bytes):
+        raise ValueError(f"protobuf field {number} is a varint where bytes were expected")
+    return value
+
+
 def _parse_event(body: bytes) -> tuple[int, str | None, float]:
     event_fields = _fields(body)
     if 5 not in event_fields:
         return int(event_fields.get(2, 0)), None, float("nan")
-    value_fields = _fields(_fields(event_fields[5])[1])
-    return (int(event_fields.get(2, 0)), value_fields[1].decode(),
-            float(np.frombuffer(value_fields[2], dtype="<f4")[0]))
+    value_fields = _fields(_bytes_field(_fields(_bytes_field(event_fields, 5)), 1))
+    return (int(event_fields.get(2, 0)), _bytes_field(value_fields, 1).decode(),
+            float(np.frombuffer(_bytes_field(value_fields, 2), dtype="<f4")[0]))
 
 
 def summarize(history: list[dict[str, float]], last: float = 0.1) -> dict[str, float]:

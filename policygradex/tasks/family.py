@@ -17,6 +17,8 @@ import numpy as np
 from policygradex.errors import PGXError
 
 EnvFactory = Callable[[], gym.Env]
+ActionSpace = gym.spaces.Discrete | gym.spaces.Box
+"""The action spaces a family may have (``TaskFamily._check_spaces``) and policies support."""
 
 
 @dataclass
@@ -50,8 +52,8 @@ class TaskFamily:
     """Config overrides that suit this family (``Config.for_family``); ``make_family`` fills them in."""
     quick_defaults: dict[str, Any] = field(default_factory=dict, repr=False)
     """The same on top of ``Config.quick()``."""
-    observation_space: gym.Space = field(init=False)
-    action_space: gym.Space = field(init=False)
+    observation_space: gym.spaces.Box = field(init=False)
+    action_space: ActionSpace = field(init=False)
     _fingerprints: dict[str, str] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -63,7 +65,7 @@ class TaskFamily:
         self.observation_space, self.action_space = self._check_spaces()
         self.spec = {"name": self.name, "task_names": names, **self.spec}
 
-    def _check_spaces(self) -> tuple[gym.Space, gym.Space]:
+    def _check_spaces(self) -> tuple[gym.spaces.Box, ActionSpace]:
         ref_obs = ref_act = None
         for task in self.tasks + self.test_tasks:
             env = task.make()
@@ -209,6 +211,8 @@ class FlatFloatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorAr
         gym.utils.RecordConstructorArgs.__init__(self, unbounded=unbounded)
         gym.ObservationWrapper.__init__(self, env)
         space = env.observation_space
+        if not isinstance(space, gym.spaces.Box):
+            raise PGXError(f"observation space {space} is not supported; FlatFloatObservation flattens a Box")
         low, high = np.asarray(space.low, np.float32).ravel(), np.asarray(space.high, np.float32).ravel()
         if unbounded:
             low, high = np.full_like(low, -np.inf), np.full_like(high, np.inf)
