@@ -144,7 +144,7 @@ class ClusterConfig:
             raise ConfigError("bootstrap_draws", f"must be at least 0, got {self.bootstrap_draws}")
 
 
-EXECUTION = ("workers", "executor", "ray_address")
+EXECUTION = ("workers", "executor", "ray_address", "device")
 """Top-level settings that say where work runs; results never depend on them."""
 GROUPINGS = ("single", "random", "gradient-similarity", "independent")
 
@@ -256,6 +256,10 @@ class Config:
     each). With --executor ray and a --ray-address, the cluster's size sets the parallelism instead."""
     executor: Literal["local", "ray"] = "local"
     """Where independent work runs: 'local' (a process pool on this machine) or 'ray' (a Ray cluster)."""
+    device: str | None = None
+    """torch device of the estimator's linear algebra (gradient projection, subset solves, null draws): 'cpu',
+    'cuda', 'cuda:1'; default cuda when one is visible. Rollouts and RL training stay on the CPU, where small
+    policies run fastest. Results agree across devices to float rounding."""
     ray_address: str | None = None
     """Ray cluster to join (what `ray start --head` prints); default: start a local Ray instance on loopback."""
     meta: PPOConfig = field(default_factory=lambda: PPOConfig(task_conditioned=False))

@@ -17,9 +17,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from policygradex.errors import PGXError
+from policygradex.errors import ConfigError, PGXError
+
+if TYPE_CHECKING:
+    import torch
 from policygradex.registry import Registry
 
 T = TypeVar("T")
@@ -112,6 +115,22 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device called ``name`` (default: cuda when torch sees one, else cpu); a ConfigError for a name
+    torch does not know or a GPU that is not there."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("device", f"is not a torch device: {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"is {name!r} but torch sees no GPU here; use cpu or leave it unset")
+    return device
 
 
 def _in_process(fn: Callable, items: Sequence, on_done: OnDone | None) -> list:

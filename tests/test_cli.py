@@ -295,3 +295,15 @@ def test_run_folder_holds_training_telemetry(quick_run):
     assert 0.0 <= metrics["meta_train_stats"]["clip_frac"] <= 1.0
     stats = metrics["groupings"]["policygradex"]["train_stats"]
     assert len(stats) == metrics["groupings"]["policygradex"]["k"] and all(s for s in stats)
+
+
+@pytest.mark.parametrize("device,message", [("nonsense", "--device is not a torch device"),
+                                            ("cuda", "--device is 'cuda' but torch sees no GPU here")])
+def test_bad_device_is_a_one_line_error(tmp_path, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    result = _run(["--out", str(tmp_path / "x"), *QUICK, "--device", device])
+    _assert_clean_error(result, message)
+    assert not (tmp_path / "x").exists()

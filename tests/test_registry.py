@@ -15,7 +15,7 @@ from policygradex.errors import ConfigError
 from policygradex.estimate import surrogate
 from policygradex.estimate.projection import PROJECTORS
 from policygradex.estimate.surrogate import SOLVERS, solve_subsets
-from policygradex.experiments import pipeline
+from policygradex.experiments import downstream as stage5
 from policygradex.parallel import EXECUTORS, make_executor
 from policygradex.registry import Registry
 from policygradex.rl.policy import ARCHS, ActorCritic, Arch
@@ -88,8 +88,9 @@ def test_added_entry_is_found_in_a_copy_only():
 def test_solve_subsets_dispatches_through_the_solver_registry(monkeypatch):
     seen = []
 
-    def dummy(store, subsets, ridge):
+    def dummy(store, subsets, ridge, device):
         seen.append((store, subsets.copy(), ridge))
+        assert device == torch.device("cpu")  # the default
         return torch.arange(len(subsets), dtype=torch.float64)[:, None].repeat(1, 3)
 
     solvers = SOLVERS.copy()
@@ -112,8 +113,8 @@ def test_train_and_evaluate_dispatches_through_the_trainer_registry(monkeypatch)
         policy = ActorCritic(fam.observation_space.shape[0], fam.action_space, len(job.factories), (8,))
         return TrainResult(policy, [(0, [0.0])])
 
-    monkeypatch.setattr(pipeline, "TRAINERS", Registry("downstream.trainer", {"ppo": Trainer(dummy)}))
+    monkeypatch.setattr(stage5, "TRAINERS", Registry("downstream.trainer", {"ppo": Trainer(dummy)}))
     downstream = DownstreamConfig(trainer="ppo", eval_episodes=1)
-    job = pipeline.GroupJob(fam.factories(range(2)), fam, cfg.train, downstream, cfg.adapt, seed=1, eval_seed=2)
-    out = pipeline.train_and_evaluate(job)
+    job = stage5.GroupJob(fam.factories(range(2)), fam, cfg.train, downstream, cfg.adapt, seed=1, eval_seed=2)
+    out = stage5.train_and_evaluate(job)
     assert calls == [job] and len(out["returns"]) == 2 and out["curve"] == [(0, [0.0])]

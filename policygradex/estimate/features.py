@@ -8,6 +8,7 @@ z^T beta, where z = P^T g is the projected gradient and dtheta = P beta.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class ChunkFeatureJob:
     ppo: PPOConfig
     seed: int
     batch_size: int = 4096
+    device: str = "cpu"
+    """Where the gradients are projected (the rollout itself stays on the CPU, fastest for small policies)."""
 
 
 def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
@@ -59,7 +62,9 @@ def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
     obs, actions, a = (x.transpose(0, 1).reshape(steps * len(job.tasks), *x.shape[2:])
                        for x in (roll.obs, roll.actions, adv))
     task = roll.task.repeat_interleave(steps)
-    z = torch.cat([job.projector.features(job.policy, obs[sl], task[sl], actions[sl]).detach()
+    dev = torch.device(job.device)
+    policy = job.policy if dev.type == "cpu" else copy.deepcopy(job.policy).to(dev)
+    z = torch.cat([job.projector.features(policy, obs[sl].to(dev), task[sl].to(dev), actions[sl].to(dev)).detach().cpu()
                    for sl in (slice(s, s + job.batch_size) for s in range(0, len(obs), job.batch_size))])
     advantage = a.numpy()
     holdout = np.arange(steps) >= int(round(steps * (1 - cfg.holdout_fraction)))
@@ -69,11 +74,13 @@ def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
 
 def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], projector: Projector, cfg: EstimateConfig,
                      ppo: PPOConfig, seed: int, path: str | Path | None = None,
-                     executor: Executor | None = None, progress: Callable[[int], None] | None = None) -> GradientStore:
+                     executor: Executor | None = None, progress: Callable[[int], None] | None = None,
+                     device: str = "cpu") -> GradientStore:
     """``cfg.transitions_per_task`` transitions per task (one per factory) at theta*, GAE advantages from
     theta*'s critic, projected gradients streamed into a store (on disk at ``path``, else in memory). Chunks
     of ``CHUNK_TASKS`` tasks are independent items of ``executor`` (default: in this process); seeds derive
-    from (seed, task), so the store does not depend on the executor or its workers. ``progress`` counts tasks.
+    from (seed, task), so the store does not depend on the executor or its workers. ``progress`` counts tasks;
+    ``device`` is where the gradients are projected.
 
     Advantages are standardised per task (``cfg.standardize_advantages``): a critic shared by all tasks is
     biased per task, and that bias, not the action's quality, would otherwise decide sign(A). The last
@@ -83,7 +90,8 @@ def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], proje
     n, steps = len(factories), cfg.transitions_per_task
     writer = GradientStore.create(path, n * steps, projector.dim, n)
     chunks = [c.tolist() for c in np.array_split(np.arange(n), -(-n // CHUNK_TASKS))]
-    jobs = [ChunkFeatureJob(policy, [factories[i] for i in c], c, projector, cfg, ppo, seed) for c in chunks]
+    jobs = [ChunkFeatureJob(policy, [factories[i] for i in c], c, projector, cfg, ppo, seed, device=device)
+            for c in chunks]
 
     def write(j: int, rows: dict[str, np.ndarray]) -> None:  # task-major rows, as each chunk arrives
         writer.write(chunks[j][0] * steps, **rows)

@@ -114,18 +114,23 @@ def _deal(task_of: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
 
 
 def resampled_affinities(store: GradientStore, blocks: Blocks, subsets: np.ndarray, ridge: float,
-                         draws: list[Draw], chunk: int = 64) -> np.ndarray:
-    """(draws, n, n): the affinity of every draw, with the real data's curvature A_S (see module doc)."""
+                         draws: list[Draw], chunk: int = 64, device: torch.device | None = None) -> np.ndarray:
+    """(draws, n, n): the affinity of every draw, with the real data's curvature A_S (see module doc), computed
+    on ``device`` (default the CPU)."""
     n = store.n_tasks
+    dev = device or torch.device("cpu")
+    stats = store.stats.to(dev)
     distinct, inverse = np.unique(subsets, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
-    member = torch.as_tensor(distinct, dtype=torch.float64)
-    b = torch.stack([torch.stack([blocks.fit_b[d].sum(0) for d in draw.fit]) for draw in draws])  # (D, n, d)
-    holdout = [[np.concatenate([blocks.ho_rows[j] for j in ids]) for ids in draw.holdout] for draw in draws]
-    betas = torch.empty(len(draws), len(distinct), store.d, dtype=blocks.ho_z.dtype)
+    member = torch.as_tensor(distinct, dtype=torch.float64, device=dev)
+    b = torch.stack([torch.stack([blocks.fit_b[d].sum(0) for d in draw.fit]) for draw in draws]).to(dev)  # (D, n, d)
+    holdout = [[torch.as_tensor(np.concatenate([blocks.ho_rows[j] for j in ids]), device=dev) for ids in draw.holdout]
+               for draw in draws]
+    ho_z, ho_y, ho_w = (t.to(dev) for t in (blocks.ho_z, blocks.ho_y, blocks.ho_w))
+    betas = torch.empty(len(draws), len(distinct), store.d, dtype=ho_z.dtype, device=dev)
     for start in range(0, len(distinct), chunk):
         rows = slice(start, start + chunk)
-        L, _, count = bound_factors(store.stats, member[rows], ridge)
+        L, _, count = bound_factors(stats, member[rows], ridge)
         # Every draw is one more right-hand side of the same triangular systems: (chunk, d, draws).
         rhs = torch.einsum("sn,rnk->skr", member[rows], b) / (2 * count)[:, None, None]
         half = torch.linalg.solve_triangular(L, rhs, upper=False)
@@ -133,7 +138,9 @@ def resampled_affinities(store: GradientStore, blocks: Blocks, subsets: np.ndarr
     scores = np.full((len(draws), len(distinct), n), np.nan)
     for i in range(n):  # each (draw, task)'s held-out rows gathered once, scored against all its subsets
         held = np.flatnonzero(distinct[:, i])
+        on_dev = torch.as_tensor(held, device=dev)
         for r, ho in enumerate(holdout):
-            z, y, w = blocks.ho_z[ho[i]], blocks.ho_y[ho[i]], blocks.ho_w[ho[i]]
-            scores[r, held, i] = float(w.mean() * np.log(2.0)) - logistic_loss(z, y, w, betas[r, held]).numpy()
+            z, y, w = ho_z[ho[i]], ho_y[ho[i]], ho_w[ho[i]]
+            loss = logistic_loss(z, y, w, betas[r, on_dev]).cpu().numpy()
+            scores[r, held, i] = float(w.mean() * np.log(2.0)) - loss
     return affinity_from_scores(subsets, scores[:, inverse])

@@ -37,6 +37,12 @@ class TaskStats:
     def arrays(self) -> dict[str, np.ndarray]:
         return {"b": self.b.numpy(), "H": self.H.numpy(), "count": self.count.numpy()}
 
+    def to(self, device: torch.device | None) -> TaskStats:
+        """The same statistics on ``device`` (itself when already there or ``device`` is None)."""
+        if device is None or self.H.device == torch.device(device):
+            return self
+        return TaskStats(self.b.to(device), self.H.to(device), self.count.to(device))
+
 
 class GradientStore:
     """Columns ``z`` (N, d), ``y`` (+-1), ``w`` (>= 0), ``task`` and ``holdout`` (N,), and ``stats``.

@@ -47,15 +47,18 @@ def bound_factors(stats: TaskStats, member: torch.Tensor, ridge: float) -> tuple
     return torch.linalg.cholesky(A), lam, count
 
 
-def newton_from_stats(stats: TaskStats, subsets: np.ndarray, ridge: float, chunk: int = 128) -> torch.Tensor:
-    """One Newton step from beta = 0 for every subset (rows of the boolean (m, n) matrix): (m, d)."""
-    member = torch.as_tensor(subsets, dtype=torch.float64)
+def newton_from_stats(stats: TaskStats, subsets: np.ndarray, ridge: float, chunk: int = 128,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """One Newton step from beta = 0 for every subset (rows of the boolean (m, n) matrix): (m, d), on the CPU;
+    the factorisations run on ``device`` (default: where the statistics are)."""
+    stats = stats.to(device)
+    member = torch.as_tensor(subsets, dtype=torch.float64, device=stats.H.device)
     betas = []
     for start in range(0, len(member), chunk):
         s = member[start:start + chunk]
         L, _, count = bound_factors(stats, s, ridge)
         rhs = (s @ stats.b) / (2 * count)[:, None]
-        betas.append(_cholesky_solve(L, rhs))
+        betas.append(_cholesky_solve(L, rhs).cpu())
     return torch.cat(betas)
 
 
@@ -105,7 +108,7 @@ def _task_rows(store: GradientStore, device: torch.device) -> list[tuple[torch.T
 
 
 def solve_mm(store: GradientStore, subsets: np.ndarray, ridge: float, tol: float = 1e-7, max_iter: int = 500,
-             chunk: int = 128, device: str | None = None) -> tuple[torch.Tensor, int]:
+             chunk: int = 128, device: str | torch.device | None = None) -> tuple[torch.Tensor, int]:
     """Exact minimisers of every subset's L_S by the bounded-Hessian iteration (see module doc).
 
     Returns (betas (m, d) float64, the largest number of iterations any chunk of subsets needed).
@@ -138,16 +141,16 @@ def solve_mm(store: GradientStore, subsets: np.ndarray, ridge: float, tol: float
     return torch.cat(betas), most
 
 
-Solver = Callable[[GradientStore, np.ndarray, float], torch.Tensor]
-"""(store, (m, n) boolean subsets, ridge) -> beta_S of every subset, (m, d) float64."""
+Solver = Callable[[GradientStore, np.ndarray, float, torch.device], torch.Tensor]
+"""(store, (m, n) boolean subsets, ridge, device) -> beta_S of every subset, (m, d) float64 on the CPU."""
 
 
-def _newton_stats(store: GradientStore, subsets: np.ndarray, ridge: float) -> torch.Tensor:
-    return newton_from_stats(store.stats, subsets, ridge)
+def _newton_stats(store: GradientStore, subsets: np.ndarray, ridge: float, device: torch.device) -> torch.Tensor:
+    return newton_from_stats(store.stats, subsets, ridge, device=device)
 
 
-def _exact(store: GradientStore, subsets: np.ndarray, ridge: float) -> torch.Tensor:
-    return solve_mm(store, subsets, ridge)[0]
+def _exact(store: GradientStore, subsets: np.ndarray, ridge: float, device: torch.device) -> torch.Tensor:
+    return solve_mm(store, subsets, ridge, device=device)[0]
 
 
 # The solvers --estimate-solver chooses from. Adding one: a function of type Solver (in its own module if it is
@@ -158,27 +161,32 @@ SOLVERS: Registry[Solver] = Registry("estimate.solver", {
 })
 
 
-def solve_subsets(store: GradientStore, subsets: np.ndarray, solver: str, ridge: float) -> torch.Tensor:
-    """beta_S for every subset by the solver called ``solver``: (m, d) float64. A subset drawn twice is solved
-    once."""
+def solve_subsets(store: GradientStore, subsets: np.ndarray, solver: str, ridge: float,
+                  device: torch.device | None = None) -> torch.Tensor:
+    """beta_S for every subset by the solver called ``solver``: (m, d) float64 on the CPU, computed on ``device``
+    (default the CPU). A subset drawn twice is solved once."""
     solve = SOLVERS.get(solver)
     distinct, inverse = np.unique(subsets, axis=0, return_inverse=True)
-    return solve(store, distinct, ridge)[torch.as_tensor(inverse.reshape(-1))]
+    return solve(store, distinct, ridge, device or torch.device("cpu"))[torch.as_tensor(inverse.reshape(-1))]
 
 
-def subset_scores(store: GradientStore, subsets: np.ndarray, betas: torch.Tensor) -> np.ndarray:
-    """f(S, i) = L_i(0) - L_i(beta_S) on task i's held-out transitions, for every member i of S.
+def subset_scores(store: GradientStore, subsets: np.ndarray, betas: torch.Tensor,
+                  device: torch.device | None = None) -> np.ndarray:
+    """f(S, i) = L_i(0) - L_i(beta_S) on task i's held-out transitions, for every member i of S, computed on
+    ``device`` (default the CPU).
 
     Returns an (m, n) array, NaN where task i is not in subset S. A positive score means fine-tuning on S
     is predicted to improve task i.
     """
     m, n = subsets.shape
     scores = np.full((m, n), np.nan)
+    betas = betas.to(device) if device is not None else betas
     for i in range(n):
         sl = store.rows(i, holdout=True)
-        z = torch.as_tensor(store.read("z", sl))
-        y, w = (torch.as_tensor(store.read(k, sl), dtype=torch.float64) for k in ("y", "w"))
+        z = torch.as_tensor(store.read("z", sl), device=betas.device)
+        y, w = (torch.as_tensor(store.read(k, sl), dtype=torch.float64, device=betas.device) for k in ("y", "w"))
         members = np.flatnonzero(subsets[:, i])
         base = float(w.mean() * np.log(2.0))
-        scores[members, i] = base - logistic_loss(z, y, w, betas[members]).numpy()
+        scores[members, i] = base - logistic_loss(z, y, w, betas[torch.as_tensor(members, device=betas.device)]
+                                                  ).cpu().numpy()
     return scores

@@ -14,12 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from policygradex.parallel import resolve_device, torch_threads  # light: the bench runs on a bare GPU machine
+
 # Actor hidden widths for about 0.5M, 3M and 20M parameters with 64 observation numbers and 8 actions.
 POLICY_SIZES = {"0.5M": (700, 700), "3M": (1220, 1220, 1220), "20M": (3150, 3150, 3150)}
-
-
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def _rate(fn: Callable[[], Any], items: int, device: torch.device, min_seconds: float = 1.0,
@@ -83,9 +81,7 @@ def bench_features(sizes: list[str] | None = None, transitions: int = 2048, d: i
                    gaussian_transitions: int | None = None, device: str | None = None,
                    memory_bytes: int = 2 * 2**30) -> Iterator[dict[str, Any]]:
     """Transitions per second: floor (batched forward+backward of sum log pi), factored, gaussian."""
-    from policygradex.parallel import torch_threads  # no cloudpickle or gymnasium needed: runs on a bare GPU box
-
-    dev = _device(device)
+    dev = resolve_device(device)
     with torch_threads(os.cpu_count()):
         for size in sizes or list(POLICY_SIZES):
             yield _features_row(size, transitions, d, gaussian_transitions, dev, memory_bytes)
@@ -124,7 +120,7 @@ def bench_surrogate(m: int = 1000, d: int = 400, rows_per_task: int = 2048, n_ta
     beta_fast = newton_from_stats(stats, subsets, ridge)
     rel = ((beta_fast - betas).norm(dim=1) / betas.norm(dim=1)).median()
     mask = subsets.astype(bool)
-    yield {"bench": "surrogate", "device": str(_device(device)), "m": m,
+    yield {"bench": "surrogate", "device": str(resolve_device(device)), "m": m,
            "distinct_subsets": len(np.unique(subsets, axis=0)), "d": store.d, "rows_per_task": rows_per_task,
            "n_tasks": n_tasks, "newton_stats_s": round(newton_s, 3), "exact_s": round(exact_s, 2),
            "exact_iterations": iterations, "stats_s": round(stats_s, 3),

@@ -18,15 +18,15 @@ import numpy as np
 from policygradex import io
 from policygradex.config import GROUPINGS, Config
 from policygradex.errors import PGXError
-from policygradex.experiments.pipeline import Pipeline, mean_curve
+from policygradex.experiments.downstream import mean_curve
+from policygradex.experiments.pipeline import Pipeline
 from policygradex.experiments.progress import StageProgress
+from policygradex.experiments.report import MAIN, write_compare_report
 from policygradex.experiments.run_folder import RunFolder
 from policygradex.parallel import make_executor
 from policygradex.tasks.family import TaskFamily
 
 ABLATE_K = (1, 2, 3, 4)
-MAIN = ("single", "random", "gradient-similarity", "independent", "policygradex")
-"""Methods of the main table; the policygradex-kK rows form the k ablation."""
 
 
 def compare_config(cfg: Config, n_tasks: int) -> Config:
@@ -54,8 +54,6 @@ def compare(family: TaskFamily, cfg: Config, seeds: int, out: str | Path, progre
 
     With several workers the seeds are the executor's items (each seed's pipeline then runs in one process):
     whole runs in parallel keep every worker busy, the serial meta-training included."""
-    from policygradex.experiments.report import write_compare_report
-
     if seeds < 1:
         raise PGXError(f"--seeds must be at least 1, got {seeds}")
     cfg = compare_config(cfg, family.n_tasks)

@@ -9,13 +9,11 @@ config.json guarantees it was made with the same settings).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import os
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -26,7 +24,7 @@ from policygradex import io
 from policygradex.cluster.grouping import group
 from policygradex.cluster.sdp import Grouping, partition
 from policygradex.cluster.significance import Confidence, nmi, partition_values
-from policygradex.config import AdaptConfig, Config, DownstreamConfig, PPOConfig, check_fits
+from policygradex.config import Config, check_fits
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.features import CHUNK_TASKS, check_features, collect_features
@@ -35,18 +33,16 @@ from policygradex.estimate.resample import bootstrap_draw, make_blocks, null_dra
 from policygradex.estimate.store import GradientStore
 from policygradex.estimate.subsets import sample_subsets
 from policygradex.estimate.surrogate import solve_subsets, subset_scores
+from policygradex.experiments.downstream import GroupJob, GroupUnit, grouping_result, train_and_evaluate
 from policygradex.experiments.groupings import cosine_matrix, independent_groups, random_groups, route, single_group
 from policygradex.experiments.progress import StageProgress
 from policygradex.experiments.run_folder import RunFolder
-from policygradex.parallel import Executor, make_executor, torch_threads
-from policygradex.rl.evaluate import evaluate
-from policygradex.rl.maml import adapt
+from policygradex.parallel import Executor, make_executor, resolve_device, torch_threads
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
-from policygradex.rl.ppo import Diverged, train_ppo
+from policygradex.rl.ppo import stopping_divergence, train_ppo
 from policygradex.rl.telemetry import summarize
-from policygradex.rl.trainers import TRAINERS
 from policygradex.seeds import derive_seed
-from policygradex.tasks.family import EnvFactory, TaskFamily
+from policygradex.tasks.family import TaskFamily
 
 META_STATS = "tensorboard/meta_train/summary.json"
 """How theta*'s training ended (mean of each PPO statistic over its last 10% of updates)."""
@@ -98,61 +94,13 @@ class RunResult:
         return self.grouping.groups
 
 
-@dataclass
-class GroupJob:
-    """One downstream unit: train a policy on a group's tasks, then evaluate it on each of them (multi-task
-    protocol) or adapt it to each test task routed to the group and evaluate that (meta protocol)."""
-
-    factories: list[EnvFactory]
-    family: TaskFamily
-    ppo: PPOConfig
-    downstream: DownstreamConfig
-    adapt: AdaptConfig
-    seed: int
-    eval_seed: int
-    tests: list[tuple[int, int]] = field(default_factory=list)
-    """(test task index, its seed) of the test tasks to adapt to (meta protocol)."""
-    log_dir: str | None = None
-    """Folder of the training's TensorBoard event file (in the run folder), or None."""
-
-
-@contextlib.contextmanager
-def stopping_divergence(stage: str, settings: str) -> Iterator[None]:
-    """A diverged training becomes one line that names the stage and the settings most likely to blame."""
-    try:
-        yield
-    except Diverged as exc:
-        raise PGXError(f"{stage} diverged: {exc}; lower {settings}") from None
-
-
-def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
-    start = time.perf_counter()
-    ds, fam = job.downstream, job.family
-    trainer = TRAINERS.get(ds.trainer)
-    with stopping_divergence("group training (stage 4)", trainer.lower):
-        result = trainer.train(job)
-    out: dict[str, Any] = {"curve": result.curve, "train_stats": summarize(result.stats)}
-    if ds.protocol == "multi-task":
-        ev = evaluate(result.policy, job.factories, ds.eval_episodes, job.eval_seed, ds.deterministic_eval)
-        out.update(returns=ev.returns.tolist(), success=None if ev.success is None else ev.success.tolist())
-    else:
-        out["test_returns"], out["test_success"] = {}, {}
-        for t, seed in job.tests:
-            factory = fam.test_tasks[t].make
-            adapted = adapt(result.policy, factory, job.adapt, job.ppo, seed)
-            ev = evaluate(adapted, [factory], ds.eval_episodes, seed, deterministic=ds.deterministic_eval)
-            out["test_returns"][str(t)] = float(ev.returns[0])
-            if ev.success is not None:
-                out["test_success"][str(t)] = float(ev.success[0])
-    out["seconds"] = time.perf_counter() - start
-    return out
-
-
 class Pipeline:
     def __init__(self, family: TaskFamily, cfg: Config, out: str | Path | None = None,
                  progress: bool = True) -> None:
         self.family, self.cfg = family, cfg
         check_fits(cfg, family.n_tasks)  # before any work, and before a folder records settings that cannot run
+        self.device = resolve_device(cfg.device)
+        """Where the estimator's linear algebra runs (projection, subset solves, null draws); RL stays on the CPU."""
         self.folder: RunFolder | None = None
         if out is not None:
             identity = {"family": family.spec, "config": cfg.identity()}
@@ -257,7 +205,8 @@ class Pipeline:
                 projector = make_projector(est.projector, policy, est.proj_dim,
                                            derive_seed(self.cfg.seed, "projection"))
                 return collect_features(policy, self.family.factories(range(n)), projector, est, self.cfg.meta,
-                                        derive_seed(self.cfg.seed, "features"), path, executor, advance)
+                                        derive_seed(self.cfg.seed, "features"), path, executor, advance,
+                                        str(self.device))
 
         path = self.folder / "store" if self.folder else None
         return self._stage("features", "store/meta.json", lambda: compute(path), lambda store, p: None,
@@ -276,8 +225,8 @@ class Pipeline:
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsets"))
             subsets = sample_subsets(n, est.subset_size, est.pair_coverage, est.max_subsets, rng)
             with self.progress.stage("3/5 subset surrogates", len(subsets)) as advance:
-                betas = solve_subsets(store, subsets, est.solver, est.ridge)
-                scores = subset_scores(store, subsets, betas)
+                betas = solve_subsets(store, subsets, est.solver, est.ridge, self.device)
+                scores = subset_scores(store, subsets, betas, self.device)
                 advance(len(subsets))
             return {"subsets": subsets, "scores": scores, "affinity": affinity_from_scores(subsets, scores)}
 
@@ -302,7 +251,7 @@ class Pipeline:
                 null = [null_draw(blocks, rng) for _ in range(c.null_draws)]
                 rng = np.random.default_rng(derive_seed(self.cfg.seed, "bootstrap"))
                 boot = [bootstrap_draw(blocks, rng) for _ in range(c.bootstrap_draws)]
-                affinities = resampled_affinities(store, blocks, subsets, ridge, null + boot)
+                affinities = resampled_affinities(store, blocks, subsets, ridge, null + boot, device=self.device)
                 advance(draws)
             return {"null_values": np.stack([partition_values(U) for U in affinities[:c.null_draws]]),
                     "bootstrap": affinities[c.null_draws:]}
@@ -381,7 +330,8 @@ class Pipeline:
             factories = [t.make for t in self.family.test_tasks[:adapt_cfg.test_tasks]]
             route_cfg = dataclasses.replace(est, transitions_per_task=adapt_cfg.route_steps)
             store = collect_features(policy, factories, projector, route_cfg, self.cfg.meta,
-                                     derive_seed(self.cfg.seed, "route"), executor=self.executor)
+                                     derive_seed(self.cfg.seed, "route"), executor=self.executor,
+                                     device=str(self.device))
             return store.stats.b.numpy()
 
         return self._stage("route", "test_gradients.npy", compute, lambda v, p: io.write_npy(p, v), np.load)
@@ -398,24 +348,27 @@ class Pipeline:
                 routes[name] = route(test_b, train_b, groups)
                 for t, g in enumerate(routes[name]):
                     tests_of.setdefault(tuple(groups[g]), []).append(t)
-        keys = sorted({(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), [])))))
-                       for groups in groupings.values() for g in groups}, key=lambda u: -len(u[0]))
+        units = sorted({GroupUnit(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), [])))))
+                        for groups in groupings.values() for g in groups}, key=lambda u: -len(u.tasks))
         start = time.perf_counter()
+
+        def job(u: GroupUnit) -> GroupJob:
+            seed, eval_seed = u.seeds(self.cfg.seed)
+            return GroupJob(self.family.factories(u.tasks), self.family, self.cfg.train, ds, self.cfg.adapt, seed,
+                            eval_seed, [(t, derive_seed(self.cfg.seed, "test", t)) for t in u.tests],
+                            self._log_dir(f"group-{'-'.join(map(str, u.tasks))}"))
+
         results, done = self.units(
-            "4/5 train groups", keys, self._unit_path, train_and_evaluate,
-            lambda u: GroupJob(self.family.factories(u[0]), self.family, self.cfg.train, ds, self.cfg.adapt,
-                               derive_seed(self.cfg.seed, "group", ",".join(map(str, u[0]))),
-                               derive_seed(self.cfg.seed, "eval", ",".join(map(str, u[0]))),
-                               [(t, derive_seed(self.cfg.seed, "test", t)) for t in u[1]],
-                               self._log_dir(f"group-{'-'.join(map(str, u[0]))}")),
-            weight=lambda u: len(u[0]))
+            "4/5 train groups", units,
+            lambda u: self.folder / "downstream" / u.file_name if self.folder else None,
+            train_and_evaluate, job, weight=lambda u: len(u.tasks))
         if done:
             self.seconds["downstream"] = time.perf_counter() - start + self.seconds.get("downstream", 0.0)
             if self.folder:
                 self.folder.record_time("downstream", self.seconds["downstream"])
-        by_group = {u[0]: res for u, res in results.items()}
+        by_group = {u.tasks: res for u, res in results.items()}
         test_names = [t.name for t in self.family.test_tasks]
-        return {name: _grouping_result(groups, by_group, names, routes.get(name), test_names)
+        return {name: grouping_result(groups, by_group, names, routes.get(name), test_names)
                 for name, groups in groupings.items()}
 
     def units(self, label: str, keys: list[K], path_of: Callable[[K], Path | None], fn: Callable[[Any], dict],
@@ -445,13 +398,6 @@ class Pipeline:
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(self.run_folder.path).as_posix()
-
-    def _unit_path(self, unit: tuple[tuple[int, ...], tuple[int, ...]]) -> Path | None:
-        """downstream/group-0-3-4.json; with test tasks routed to it, a checksum of their list is appended."""
-        if self.folder is None:
-            return None
-        tests = f".tests-{zlib.crc32(repr(unit[1]).encode()):08x}" if unit[1] else ""
-        return self.folder / f"downstream/group-{'-'.join(map(str, unit[0]))}{tests}.json"
 
     # -- everything ----------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -509,50 +455,3 @@ def describe(grouping: Grouping, names: list[str]) -> str:
     groups = "  ".join("{" + ", ".join(names[i] for i in g) + "}" for g in grouping.groups)
     trust = "" if grouping.confidence is None else f"; bootstrap stability {grouping.confidence.stability:.2f}"
     return f"groups (k={grouping.k}): {groups}\n{grouping.reason}{trust}"
-
-
-def _grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]], names: list[str],
-                     routes: list[int] | None = None, test_names: Sequence[str] = ()) -> dict[str, Any]:
-    """Per-task results of one grouping: its training tasks (multi-task protocol) or, with ``routes`` (the group
-    each test task went to), the adapted test tasks (meta protocol)."""
-    per_task: dict[str, float] = {}
-    success: dict[str, float] = {}
-    if routes is None:
-        for g in groups:
-            res = results[tuple(g)]
-            per_task.update({names[i]: float(r) for i, r in zip(g, res["returns"], strict=True)})
-            if res.get("success") is not None:
-                success.update({names[i]: float(r) for i, r in zip(g, res["success"], strict=True)})
-    else:
-        for t, to in enumerate(routes):
-            res = results[tuple(groups[to])]
-            per_task[test_names[t]] = res["test_returns"][str(t)]
-            if str(t) in res.get("test_success", {}):
-                success[test_names[t]] = res["test_success"][str(t)]
-    out = {
-        "groups": [[names[i] for i in g] for g in groups],
-        "k": len(groups),
-        "per_task": per_task,
-        "mean": float(np.mean(list(per_task.values()))),
-        "curve": mean_curve([results[tuple(g)]["curve"] for g in groups]),
-        "train_stats": [results[tuple(g)].get("train_stats") for g in groups],  # how each group's training ended
-    }
-    if routes is not None:
-        out["routed"] = [routes.count(j) for j in range(len(groups))]
-        out["routes"] = routes
-    if success:
-        out["per_task_success"] = success
-        out["success_rate"] = float(np.mean(list(success.values())))
-    return out
-
-
-def mean_curve(curves: list[list]) -> list[list[float]]:
-    """Pointwise mean of curves of (env steps per task, [values]) on one step grid (NaN and None skipped): the
-    task mean of a grouping's groups, or the mean over seeds."""
-    steps = [x for x, _ in curves[0]]
-    out = []
-    for j, x in enumerate(steps):
-        vals = [v for curve in curves if j < len(curve) for v in curve[j][1] if v is not None and v == v]
-        out.append([x, float(np.mean(vals)) if vals else float("nan")])
-    return out
-

@@ -22,6 +22,8 @@ Block = tuple[str, Any]
 LABELS = {"policygradex": "PolicyGradEx", "single": "single (k=1, multi-task)", "random": "random (same k)",
           "gradient-similarity": "gradient similarity (same k)", "independent": "independent (k=n)"}
 
+MAIN = ("single", "random", "gradient-similarity", "independent", "policygradex")
+"""Methods of compare's main table; the policygradex-kK rows form the k ablation."""
 PAPER_MAIN = {  # the paper's main table (PAPER_NOTES.txt): Meta-World success %, control-task returns
     "metaworld-mt10": {"single": 71.3, "random": 58.2, "gradient-similarity": 69.6, "policygradex": 94.0},
     "cartpole": {"single": 145.9, "random": 144.1, "gradient-similarity": 142.0, "policygradex": 159.2},
@@ -445,8 +447,6 @@ def compare_title(results: dict[str, Any]) -> str:
 def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
     """The main-results table (mean +- std over seeds, gain of PolicyGradEx), the paper's row, the k ablation,
     the figures, then the per-task table."""
-    from policygradex.experiments.compare import MAIN
-
     methods, metric = results["methods"], results["metric"]
     paper = PAPER_MAIN.get(results["family"], {})
     unit = "%" if metric.startswith("success") else ""
@@ -505,8 +505,6 @@ def write_compare_report(out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from policygradex.experiments.compare import MAIN
-
     results = read_json(out / "results.json")
     shown = [m for m in MAIN if m in results["methods"]]
     seeds = len(results["seeds"])

@@ -30,11 +30,11 @@ from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.projection import PROJECTORS, actor_layers, apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
-from policygradex.experiments.pipeline import Pipeline, derive_seed, stopping_divergence
+from policygradex.experiments.pipeline import Pipeline, derive_seed
 from policygradex.parallel import torch_threads
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.policy import ActorCritic
-from policygradex.rl.ppo import train_ppo
+from policygradex.rl.ppo import stopping_divergence, train_ppo
 from policygradex.rl.rollout import TaskRunner
 from policygradex.tasks.family import TaskFamily
 

@@ -25,9 +25,8 @@ from torch.func import functional_call
 
 from policygradex.config import AdaptConfig, PPOConfig
 from policygradex.rl.policy import ActorCritic
-from policygradex.rl.ppo import Diverged, Progress, TrainResult, _mean_return_per_task, budget_progress, check_finite
+from policygradex.rl.ppo import Diverged, Progress, TrainingRecord, TrainResult, _mean_return_per_task, check_finite
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
-from policygradex.rl.telemetry import ScalarWriter
 from policygradex.tasks.family import ActionSpace, EnvFactory
 
 Params = dict[str, torch.Tensor]
@@ -104,14 +103,10 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Bo
     runners = [TaskRunner([f] * n_envs, [0] * n_envs, seed=seed + 7919 * j, gamma=ppo.gamma)
                for j, f in enumerate(factories)]
     support_steps = _support_steps(adapt_cfg, n_envs)
-    steps_per_iter = n_envs * (support_steps + ppo.num_steps)  # per task
-    iterations = math.ceil(ppo.steps_per_task / steps_per_iter)
-    curve: list[tuple[int, list[float]]] = []
-    stats: list[dict[str, float]] = []
-    advance = budget_progress(progress, steps_per_iter, ppo.steps_per_task, n_tasks)
-    writer = ScalarWriter(log_dir) if log_dir is not None else None
-    for it in range(iterations):
-        optimizer.param_groups[0]["lr"] = ppo.learning_rate * (1.0 - it / iterations)
+    record = TrainingRecord(ppo.steps_per_task, n_envs * (support_steps + ppo.num_steps), n_tasks, progress, log_dir,
+                            stats_tag="maml/", returns_tag="query_return/")
+    for it in range(record.iterations):
+        record.anneal(optimizer, ppo.learning_rate, it)
         batches, query_returns, support_returns = [], [], []
         for runner in runners:
             support = runner.collect(policy, support_steps)
@@ -133,22 +128,16 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Bo
         try:
             check_finite(policy)
         except Diverged as exc:
-            raise Diverged(f"{exc} at MAML iteration {it + 1} of {iterations} (learning rate "
+            raise Diverged(f"{exc} at MAML iteration {it + 1} of {record.iterations} (learning rate "
                            f"{ppo.learning_rate:g}, inner step {adapt_cfg.inner_lr:g})") from None
-        curve.append(((it + 1) * steps_per_iter, query_returns))
         with np.errstate(all="ignore"):  # a rollout may finish no episode: NaN, skipped
-            stats.append({"outer_loss": torch.stack(losses).mean().item(),
-                          "support_return": float(np.nanmean(support_returns)),
-                          "query_return": float(np.nanmean(query_returns))})
-        if writer is not None:
-            writer.scalars(curve[-1][0], stats[-1], "maml/")
-            writer.scalars(curve[-1][0], {f"task{j}": r for j, r in enumerate(query_returns)}, "query_return/")
-        advance(it + 1)
+            stats = {"outer_loss": torch.stack(losses).mean().item(),
+                     "support_return": float(np.nanmean(support_returns)),
+                     "query_return": float(np.nanmean(query_returns))}
+        record.add(it, {f"task{j}": r for j, r in enumerate(query_returns)}, stats)
     for runner in runners:
         runner.close()
-    if writer is not None:
-        writer.close()
-    return TrainResult(policy, curve, stats)
+    return record.result(policy)
 
 
 def _outer_loss(policy: ActorCritic, batch: tuple, ppo: PPOConfig, adapt_cfg: AdaptConfig) -> torch.Tensor:

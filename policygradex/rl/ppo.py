@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,20 +28,20 @@ class Diverged(PGXError):
     """Training made the policy's loss or parameters non-finite (a learning rate far too high, most often)."""
 
 
+@contextlib.contextmanager
+def stopping_divergence(stage: str, settings: str) -> Iterator[None]:
+    """A diverged training becomes one line that names the stage and the settings most likely to blame."""
+    try:
+        yield
+    except Diverged as exc:
+        raise PGXError(f"{stage} diverged: {exc}; lower {settings}") from None
+
+
 def check_finite(policy: nn.Module) -> None:
     """``Diverged`` as soon as a parameter is NaN or infinite: every later step would only sample from a broken
     distribution (and fail there with an error that names nothing the user set)."""
     if not all(torch.isfinite(p).all() for p in policy.parameters()):
         raise Diverged("the policy's parameters became non-finite")
-
-
-def budget_progress(progress: Progress | None, steps_per_iter: int, budget: int, n_tasks: int) -> Progress:
-    """Progress per finished iteration ``it`` (1-based), capped at the budget: the last iteration may overshoot
-    it, the bar still ends at the total it announced."""
-    def advance(it: int) -> None:
-        if progress is not None:
-            progress((min(it * steps_per_iter, budget) - min((it - 1) * steps_per_iter, budget)) * n_tasks)
-    return advance
 
 
 @dataclass
@@ -50,6 +51,42 @@ class TrainResult:
     """(env steps per task so far, mean return of the episodes each task finished in that rollout; NaN if none)."""
     stats: list[dict[str, float]] = field(default_factory=list)
     """Per update: losses, approx KL, clip fraction, entropy, explained variance (``ppo_update``'s record)."""
+
+
+class TrainingRecord:
+    """The bookkeeping of a training loop, per iteration: the learning curve, the update statistics, their
+    TensorBoard scalars (with ``log_dir``) and the progress bar, which stops at the budget even where the last
+    iteration overshoots it."""
+
+    def __init__(self, budget: int, steps_per_iter: int, n_tasks: int, progress: Progress | None = None,
+                 log_dir: str | Path | None = None, stats_tag: str = "ppo/", returns_tag: str = "episode_return/"):
+        self.budget, self.steps_per_iter, self.n_tasks, self.progress = budget, steps_per_iter, n_tasks, progress
+        self.iterations = math.ceil(budget / steps_per_iter)
+        self.stats_tag, self.returns_tag = stats_tag, returns_tag
+        self.curve: list[tuple[int, list[float]]] = []
+        self.stats: list[dict[str, float]] = []
+        self.writer = ScalarWriter(log_dir) if log_dir is not None else None
+
+    def anneal(self, optimizer: torch.optim.Optimizer, learning_rate: float, it: int) -> None:
+        """Learning rate annealed linearly to zero over the iterations (CleanRL's schedule)."""
+        optimizer.param_groups[0]["lr"] = learning_rate * (1.0 - it / self.iterations)
+
+    def add(self, it: int, returns: dict[str, float], stats: dict[str, float]) -> None:
+        """Iteration ``it`` (0-based) done: each task's mean episode return (NaN if none finished) and its stats."""
+        steps = (it + 1) * self.steps_per_iter
+        self.curve.append((steps, list(returns.values())))
+        self.stats.append(stats)
+        if self.writer is not None:
+            self.writer.scalars(steps, stats, self.stats_tag)
+            self.writer.scalars(steps, returns, self.returns_tag)
+        if self.progress is not None:
+            done = min(steps, self.budget) - min(it * self.steps_per_iter, self.budget)
+            self.progress(done * self.n_tasks)
+
+    def result(self, policy: ActorCritic) -> TrainResult:
+        if self.writer is not None:
+            self.writer.close()
+        return TrainResult(policy, self.curve, self.stats)
 
 
 def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
@@ -64,7 +101,7 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
     mb_size = max(1, batch // cfg.num_minibatches)
     record: dict[str, list[torch.Tensor]] = {k: [] for k in ("pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac")}
     for _ in range(cfg.update_epochs):
-        order = torch.randperm(batch, generator=generator)
+        order = torch.randperm(batch, generator=generator).to(b_obs.device)  # the generator lives on the CPU
         for start in range(0, batch, mb_size):
             mb = order[start:start + mb_size]
             dist = policy.policy(b_obs[mb], b_task[mb])
@@ -112,30 +149,21 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
     local = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
     runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma)
-    steps_per_iter = cfg.num_steps * cfg.envs_per_task  # per task
-    iterations = math.ceil(cfg.steps_per_task / steps_per_iter)
-    curve: list[tuple[int, list[float]]] = []
-    stats: list[dict[str, float]] = []
-    advance = budget_progress(progress, steps_per_iter, cfg.steps_per_task, n_tasks)
-    writer = ScalarWriter(log_dir) if log_dir is not None else None
-    for it in range(iterations):
-        optimizer.param_groups[0]["lr"] = cfg.learning_rate * (1.0 - it / iterations)
+    record = TrainingRecord(cfg.steps_per_task, cfg.num_steps * cfg.envs_per_task, n_tasks, progress, log_dir)
+    for it in range(record.iterations):
+        record.anneal(optimizer, cfg.learning_rate, it)
         rollout = runner.collect(policy, cfg.num_steps)
         try:
-            stats.append(ppo_update(policy, optimizer, rollout, cfg, generator))
+            stats = ppo_update(policy, optimizer, rollout, cfg, generator)
             check_finite(policy)
         except Diverged as exc:
-            raise Diverged(f"{exc} at update {it + 1} of {iterations} (learning rate {cfg.learning_rate:g})") from None
-        curve.append(((it + 1) * steps_per_iter, _mean_return_per_task(rollout, ids)))
-        if writer is not None:
-            writer.scalars(curve[-1][0], {**stats[-1], "learning_rate": optimizer.param_groups[0]["lr"]}, "ppo/")
-            writer.scalars(curve[-1][0], {f"task{int(t)}": r for t, r in zip(ids, curve[-1][1], strict=True)},
-                           "episode_return/")
-        advance(it + 1)
+            raise Diverged(f"{exc} at update {it + 1} of {record.iterations} (learning rate "
+                           f"{cfg.learning_rate:g})") from None
+        returns = _mean_return_per_task(rollout, ids)
+        record.add(it, {f"task{int(t)}": r for t, r in zip(ids, returns, strict=True)},
+                   {**stats, "learning_rate": optimizer.param_groups[0]["lr"]})
     runner.close()
-    if writer is not None:
-        writer.close()
-    return TrainResult(policy, curve, stats)
+    return record.result(policy)
 
 
 def _mean_return_per_task(rollout: Rollout, ids: np.ndarray) -> list[float]:

@@ -2,7 +2,7 @@
 
 A trainer's ``train`` takes a ``GroupJob`` (the group's env factories, its family, the train/downstream/adapt
 settings and a seed) and returns a ``TrainResult`` (the policy and its learning curve); ``train_and_evaluate``
-(experiments/pipeline.py) looks the trainer up in ``TRAINERS`` and evaluates what it returns.
+(experiments/downstream.py) looks the trainer up in ``TRAINERS`` and evaluates what it returns.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from policygradex.rl.policy import Arch
 from policygradex.rl.ppo import TrainResult, train_ppo
 
 if TYPE_CHECKING:
-    from policygradex.experiments.pipeline import GroupJob
+    from policygradex.experiments.downstream import GroupJob
 
 
 @dataclass(frozen=True)
