@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     # and TyperCommand pass to the methods overridden below (a private module, so for annotations only).
     from typer._click import Context, HelpFormatter
 
+    from policygradex.experiments.pipeline import RunResult
+    from policygradex.experiments.results import CompareResults
+
 
 class _Group(TyperGroup):
     """Lists each command with its whole first paragraph, wrapped (click cuts it to one line)."""
@@ -299,15 +302,15 @@ def run_cmd(out: Path = OUT, family: str = FAMILY, n_tasks: Optional[int] = N_TA
         fam, cfg = _family_and_config(family, n_tasks, quick, values)
         return Pipeline(fam, cfg, out, progress).run()
 
-    result = _guarded(action)
+    result: RunResult = _guarded(action)
     console = Console()
-    grouping = result.metrics["grouping"]
-    stability = "" if grouping["stability"] is None else f" (bootstrap stability {grouping['stability']:.2f})"
-    console.print(f"groups: {grouping['reason']}{stability}", highlight=False)
-    for name, res in result.metrics["groupings"].items():
-        success = f"  success {100 * res['success_rate']:.1f}%" if "success_rate" in res else ""
-        console.print(f"{name:>14}: k={res['k']:<2} mean return {res['mean']:.1f}{success}")
-    if (score := result.metrics["grouping"]["nmi_true"]) is not None:
+    grouping = result.metrics.grouping
+    stability = "" if grouping.stability is None else f" (bootstrap stability {grouping.stability:.2f})"
+    console.print(f"groups: {grouping.reason}{stability}", highlight=False)
+    for name, res in result.metrics.groupings.items():
+        success = "" if res.success_rate is None else f"  success {100 * res.success_rate:.1f}%"
+        console.print(f"{name:>14}: k={res.k:<2} mean return {res.mean:.1f}{success}")
+    if (score := result.metrics.grouping.nmi_true) is not None:
         console.print(f"NMI against the family's true grouping: {score:.3f}")
 
 
@@ -325,13 +328,13 @@ def compare_cmd(out: Path = OUT, family: str = FAMILY, seeds: int = typer.Option
         fam, cfg = _family_and_config(family, n_tasks, quick, values)
         return compare(fam, cfg, seeds, out, progress)
 
-    results = _guarded(action)
+    results: CompareResults = _guarded(action)
     console = Console()
-    console.print(f"{results['family']}: {results['metric']}, mean ± std over seeds {results['seeds']}")
-    for name, res in results["methods"].items():
-        gain = results["gains"].get(name)
+    console.print(f"{results.family}: {results.metric}, mean ± std over seeds {results.seeds}")
+    for name, res in results.methods.items():
+        gain = results.gains.get(name)
         shown = "" if gain is None or name not in MAIN else f"   PolicyGradEx {gain:+.1f}%"
-        console.print(f"{name:>20}: {res['mean']:8.1f} ± {res['std']:.1f}{shown}")
+        console.print(f"{name:>20}: {res.mean:8.1f} ± {res.std:.1f}{shown}")
     console.print(f"report: {Path(out) / 'report.html'}")
 
 

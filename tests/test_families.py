@@ -111,6 +111,6 @@ def test_user_factories_run_through_every_stage_in_worker_processes(tmp_path):
     cfg = pgx.Config.quick(workers=2)
     run = pgx.run(fam, cfg, out=tmp_path / "run", progress=False)
     assert sorted(i for g in run.groups for i in g) == [0, 1, 2]
-    assert set(run.metrics["groupings"]["single"]["per_task"]) == {"a", "b", "c"}
+    assert set(run.metrics.groupings["single"].per_task) == {"a", "b", "c"}
     res = pgx.estimate_affinity(fam, cfg, out=tmp_path / "run")  # reuses the run folder's stages
     assert np.array_equal(res.affinity, np.load(tmp_path / "run" / "affinity.npy"))

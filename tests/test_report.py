@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 
 from policygradex.experiments import report  # noqa: E402
+from policygradex.experiments.results import RunMetrics  # noqa: E402
 from policygradex.io import write_json  # noqa: E402
 
 MAX_PX = 1100
@@ -87,7 +88,7 @@ def test_run_report_gains_have_the_right_sign_for_negative_returns(run_folder):
 def test_titles_count_training_and_test_tasks_separately(run_folder):
     title = (run_folder / "report.md").read_text().splitlines()[0]
     assert "10 training tasks, 50 test tasks" in title
-    blocks = report.build_blocks(make_metrics(meta=False), [])
+    blocks = report.build_blocks(RunMetrics.from_json(make_metrics(meta=False)), [])
     assert blocks[0][1] == "policygradex run: pendulum (10 training tasks, seed 0)"
 
 
@@ -134,10 +135,10 @@ def test_every_axis_and_colour_bar_is_labelled(monkeypatch, tmp_path):
         save(fig, path)
 
     monkeypatch.setattr(report, "_save", keep)
-    metrics = make_metrics()
+    metrics = RunMetrics.from_json(make_metrics())
     report.plot_affinity(tmp_path / "affinity.png", np.eye(10), TRAIN, GROUPS, np.eye(10))
     report.plot_returns(tmp_path / "returns.png", metrics)
-    report.plot_curves(tmp_path / "curves.png", {m: g["curve"] for m, g in metrics["groupings"].items()})
+    report.plot_curves(tmp_path / "curves.png", {m: g.curve for m, g in metrics.groupings.items()})
     by_name = dict(figures)
     bars = [y for x, y, lab in by_name["affinity.png"] if lab == "<colorbar>"]
     assert len(bars) == 2

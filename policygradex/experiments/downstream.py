@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from policygradex.config import AdaptConfig, DownstreamConfig, PPOConfig
+from policygradex.experiments.results import GroupingResult
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.maml import adapt
 from policygradex.rl.ppo import stopping_divergence
@@ -86,7 +87,7 @@ def train_and_evaluate(job: GroupJob) -> dict[str, Any]:
 
 
 def grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict[str, Any]], names: list[str],
-                     routes: list[int] | None = None, test_names: Sequence[str] = ()) -> dict[str, Any]:
+                     routes: list[int] | None = None, test_names: Sequence[str] = ()) -> GroupingResult:
     """Per-task results of one grouping: its training tasks (multi-task protocol) or, with ``routes`` (the group
     each test task went to), the adapted test tasks (meta protocol)."""
     per_task: dict[str, float] = {}
@@ -103,21 +104,17 @@ def grouping_result(groups: list[list[int]], results: dict[tuple[int, ...], dict
             per_task[test_names[t]] = res["test_returns"][str(t)]
             if str(t) in res.get("test_success", {}):
                 success[test_names[t]] = res["test_success"][str(t)]
-    out = {
-        "groups": [[names[i] for i in g] for g in groups],
-        "k": len(groups),
-        "per_task": per_task,
-        "mean": float(np.mean(list(per_task.values()))),
-        "curve": mean_curve([results[tuple(g)]["curve"] for g in groups]),
-        "train_stats": [results[tuple(g)].get("train_stats") for g in groups],  # how each group's training ended
-    }
-    if routes is not None:
-        out["routed"] = [routes.count(j) for j in range(len(groups))]
-        out["routes"] = routes
-    if success:
-        out["per_task_success"] = success
-        out["success_rate"] = float(np.mean(list(success.values())))
-    return out
+    return GroupingResult(
+        groups=[[names[i] for i in g] for g in groups],
+        k=len(groups),
+        per_task=per_task,
+        mean=float(np.mean(list(per_task.values()))),
+        curve=mean_curve([results[tuple(g)]["curve"] for g in groups]),
+        train_stats=[results[tuple(g)].get("train_stats") for g in groups],  # how each group's training ended
+        routed=None if routes is None else [routes.count(j) for j in range(len(groups))],
+        routes=routes,
+        per_task_success=success or None,
+        success_rate=float(np.mean(list(success.values()))) if success else None)
 
 
 def mean_curve(curves: list[list]) -> list[list[float]]:

@@ -36,6 +36,14 @@ from policygradex.estimate.surrogate import solve_subsets, subset_scores
 from policygradex.experiments.downstream import GroupJob, GroupUnit, grouping_result, train_and_evaluate
 from policygradex.experiments.groupings import cosine_matrix, independent_groups, random_groups, route, single_group
 from policygradex.experiments.progress import StageProgress
+from policygradex.experiments.results import (
+    EstimateSummary,
+    GroupingResult,
+    GroupingSummary,
+    RunMetrics,
+    StepBudget,
+    write_run_metrics,
+)
 from policygradex.experiments.run_folder import RunFolder
 from policygradex.parallel import Executor, make_executor, resolve_device, torch_threads
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
@@ -87,7 +95,8 @@ class RunResult:
     out: Path | None
     affinity: np.ndarray
     grouping: Grouping
-    metrics: dict[str, Any]
+    metrics: RunMetrics
+    """What the run's ``metrics.json`` holds (``experiments/results.py``)."""
 
     @property
     def groups(self) -> list[list[int]]:
@@ -336,7 +345,7 @@ class Pipeline:
 
         return self._stage("route", "test_gradients.npy", compute, lambda v, p: io.write_npy(p, v), np.load)
 
-    def downstream(self, groupings: dict[str, list[list[int]]]) -> dict[str, dict[str, Any]]:
+    def downstream(self, groupings: dict[str, list[list[int]]]) -> dict[str, GroupingResult]:
         """Train one policy per distinct group (a group shared by two groupings trains once), evaluate."""
         ds, names = self.cfg.downstream, self.family.task_names
         routes: dict[str, list[int]] = {}
@@ -411,33 +420,33 @@ class Pipeline:
         grouping = self.group(est)
         self.progress.note(describe(grouping, self.family.task_names))
         results = self.downstream(self.groupings(grouping, est.affinity))
-        metrics = {
-            "family": self.family.spec,
-            "task_names": self.family.task_names,
-            "description": self.family.description,
-            "seed": self.cfg.seed,
-            "estimate": {"m": int(len(est.subsets)), "d": est.feature_dim, "solver": self.cfg.estimate.solver,
-                         "transitions_per_task": self.cfg.estimate.transitions_per_task},
-            "grouping": {"k": grouping.k, "method": grouping.method, "reason": grouping.reason,
-                         "null_p": grouping.null_p,
-                         "stability": None if grouping.confidence is None else grouping.confidence.stability,
-                         "nmi_true": None if self.family.true_groups is None
-                         else nmi(self.family.true_groups, grouping.groups, self.family.n_tasks)},
-            "budget_steps_per_task": {"meta": self.cfg.meta.steps_per_task, "train": self.cfg.train.steps_per_task},
-            "trainer": self.cfg.downstream.trainer,
-            "evaluated_on": (f"{self.cfg.adapt.test_tasks} held-out test tasks, each adapted for "
-                             f"{self.cfg.adapt.steps} environment steps from the policy of the group it is routed to"
-                             if self.cfg.downstream.protocol == "meta" else "the training tasks"),
-            "meta_train_stats": io.read_json(self.folder / META_STATS)
+        metrics = RunMetrics(
+            family=self.family.spec,
+            task_names=self.family.task_names,
+            description=self.family.description,
+            seed=self.cfg.seed,
+            estimate=EstimateSummary(m=int(len(est.subsets)), d=est.feature_dim, solver=self.cfg.estimate.solver,
+                                     transitions_per_task=self.cfg.estimate.transitions_per_task),
+            grouping=GroupingSummary(
+                k=grouping.k, method=grouping.method, reason=grouping.reason, null_p=grouping.null_p,
+                stability=None if grouping.confidence is None else grouping.confidence.stability,
+                nmi_true=None if self.family.true_groups is None
+                else nmi(self.family.true_groups, grouping.groups, self.family.n_tasks)),
+            budget_steps_per_task=StepBudget(meta=self.cfg.meta.steps_per_task, train=self.cfg.train.steps_per_task),
+            trainer=self.cfg.downstream.trainer,
+            evaluated_on=(f"{self.cfg.adapt.test_tasks} held-out test tasks, each adapted for "
+                          f"{self.cfg.adapt.steps} environment steps from the policy of the group it is routed to"
+                          if self.cfg.downstream.protocol == "meta" else "the training tasks"),
+            meta_train_stats=io.read_json(self.folder / META_STATS)
             if self.folder and (self.folder / META_STATS).exists() else None,
-            "stage_seconds": {k: round(v, 2) for k, v in self.seconds.items()},
-            "run_seconds_this_call": round(time.perf_counter() - total_start, 2),
-            "groupings": results,
-        }
+            stage_seconds={k: round(v, 2) for k, v in self.seconds.items()},
+            run_seconds_this_call=round(time.perf_counter() - total_start, 2),
+            groupings=results,
+        )
         if self.folder:
             from policygradex.experiments.report import write_report
 
-            io.write_json(self.folder / "metrics.json", metrics)
+            write_run_metrics(self.folder / "metrics.json", metrics)
             with self.progress.stage("5/5 report", 1) as advance:
                 write_report(self.folder.path)
                 advance(1)

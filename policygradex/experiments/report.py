@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from policygradex.experiments.results import (
+    CompareResults,
+    GroupingResult,
+    GroupingSummary,
+    RunMetrics,
+    read_compare_results,
+    read_run_metrics,
+)
 from policygradex.io import atomic_write, read_json, write_text
 
 Block = tuple[str, Any]
@@ -83,88 +92,89 @@ def _group_of(groups: list[list[str]]) -> dict[str, int]:
     return {t: i + 1 for i, g in enumerate(groups) for t in g}
 
 
-def _pgx_groups_of_tasks(pgx: dict[str, Any]) -> dict[str, int]:
+def _pgx_groups_of_tasks(pgx: GroupingResult) -> dict[str, int]:
     """Each evaluated task's PolicyGradEx group (1-based): the one it is routed to (meta protocol) or in."""
-    if "routes" in pgx:
-        return {t: g + 1 for t, g in zip(pgx["per_task"], pgx["routes"], strict=True)}
-    return _group_of(pgx["groups"])
+    if pgx.routes is not None:
+        return {t: g + 1 for t, g in zip(pgx.per_task, pgx.routes, strict=True)}
+    return _group_of(pgx.groups)
 
 
-def build_blocks(metrics: dict[str, Any], figures: list[str]) -> list[Block]:
+def build_blocks(metrics: RunMetrics, figures: list[str]) -> list[Block]:
     """The run report of one run folder from its metrics.json and the paths of its figures."""
-    groupings = metrics["groupings"]
+    groupings = metrics.groupings
     methods = list(groupings)
     pgx = groupings["policygradex"]
-    names = list(pgx["per_task"])  # training tasks, or test tasks (meta protocol)
-    train_names = metrics.get("task_names") or [t for g in pgx["groups"] for t in g]
+    names = list(pgx.per_task)  # training tasks, or test tasks (meta protocol)
+    train_names = metrics.task_names or [t for g in pgx.groups for t in g]
     tests = [n for n in names if n not in set(train_names)]
     base = groupings.get("single")
-    grouping = metrics["grouping"]
+    grouping = metrics.grouping
     blocks: list[Block] = [
-        ("h1", f"policygradex run: {metrics['family']['name']} "
-               f"({task_counts(len(train_names), len(tests))}, seed {metrics['seed']})"),
-        ("p", metrics.get("description") or ""),
-        ("h2", f"Groups (method {grouping['method']}, k = {grouping['k']})"),
+        ("h1", f"policygradex run: {metrics.family['name']} "
+               f"({task_counts(len(train_names), len(tests))}, seed {metrics.seed})"),
+        ("p", metrics.description or ""),
+        ("h2", f"Groups (method {grouping.method}, k = {grouping.k})"),
         *routing_blocks(groupings),
         ("p", trust_sentence(grouping)),
-        ("p", "" if grouping.get("nmi_true") is None else
-         f"NMI against the family's true grouping: {grouping['nmi_true']:.3f}"),
+        ("p", "" if grouping.nmi_true is None else
+         f"NMI against the family's true grouping: {grouping.nmi_true:.3f}"),
         ("h2", "Results"),
-        ("p", f"Mean evaluation return per task after {metrics['budget_steps_per_task']['train']:,} environment "
+        ("p", f"Mean evaluation return per task after {metrics.budget_steps_per_task.train:,} environment "
               f"steps per training task for every grouping (one policy per group, trainer "
-              f"{metrics.get('trainer', 'ppo')}); evaluated on {metrics.get('evaluated_on', 'the training tasks')}."
+              f"{metrics.trainer}); evaluated on {metrics.evaluated_on}."
               + ("" if base is None else " vs single = (mean - single) / |single| (positive = better, also for "
                  "negative returns), absolute difference in brackets; a percentage of a single mean near zero "
                  "says little.")),
     ]
-    has_success = all("success_rate" in groupings[m] for m in methods)
+    rates = {m: g.success_rate for m, g in groupings.items() if g.success_rate is not None}
+    has_success = len(rates) == len(methods)
     rows = []
     for m in methods:
-        gain = [] if base is None else ["" if m == "single" else relative_gain(groupings[m]["mean"], base["mean"])]
-        success = [f"{100 * groupings[m]['success_rate']:.1f}%"] if has_success else []
-        rows.append([label(m), str(groupings[m]["k"]), _fmt(groupings[m]["mean"]), *gain, *success])
+        gain = [] if base is None else ["" if m == "single" else relative_gain(groupings[m].mean, base.mean)]
+        success = [f"{100 * rates[m]:.1f}%"] if has_success else []
+        rows.append([label(m), str(groupings[m].k), _fmt(groupings[m].mean), *gain, *success])
     header = (["grouping", "k", "mean return"] + ([] if base is None else ["vs single"])
               + (["success rate"] if has_success else []))
     blocks.append(("table", (header, rows)))
     blocks += [_figure(f) for f in figures]
     group_of = _pgx_groups_of_tasks(pgx)
     what = "test task" if tests else "task"
-    per_task = [[n, str(group_of.get(n, ""))] + [_fmt(groupings[m]["per_task"].get(n)) for m in methods]
+    per_task = [[n, str(group_of.get(n, ""))] + [_fmt(groupings[m].per_task.get(n)) for m in methods]
                 for n in names]
     header = [what, "PolicyGradEx group"] + [label(m) for m in methods]
     blocks += [("h2", "Per task"),
                ("details", (f"Mean evaluation return per {what} ({len(names)} rows)", [("table", (header, per_task))]))]
     if has_success:
-        rows = [[n, str(group_of.get(n, ""))] + [f"{100 * groupings[m]['per_task_success'][n]:.0f}%" for m in methods]
-                for n in names]
+        success_of = {m: g.per_task_success or {} for m, g in groupings.items()}
+        rows = [[n, str(group_of.get(n, ""))] + [f"{100 * success_of[m][n]:.0f}%" for m in methods] for n in names]
         blocks.append(("details", (f"Success rate per {what} ({len(names)} rows)", [("table", (header, rows))])))
-    est = metrics["estimate"]
+    est = metrics.estimate
     blocks += [
         ("h2", "Estimator"),
-        ("p", f"{est['m']} random subsets, projected gradient dimension d = {est['d']}, solver {est['solver']}, "
-              f"{est['transitions_per_task']} transitions per task at theta* "
-              f"(meta-trained for {metrics['budget_steps_per_task']['meta']:,} steps per task)."),
+        ("p", f"{est.m} random subsets, projected gradient dimension d = {est.d}, solver {est.solver}, "
+              f"{est.transitions_per_task} transitions per task at theta* "
+              f"(meta-trained for {metrics.budget_steps_per_task.meta:,} steps per task)."),
         ("h2", "Stage wall times"),
-        ("table", (["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in metrics["stage_seconds"].items()])),
+        ("table", (["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in metrics.stage_seconds.items()])),
     ]
     return blocks
 
 
-def routing_blocks(groupings: dict[str, Any]) -> list[Block]:
+def routing_blocks(groupings: dict[str, GroupingResult]) -> list[Block]:
     """PolicyGradEx's groups as a table; in the meta protocol with the test tasks routed to each group, and how
     the other groupings split the test tasks."""
     pgx = groupings["policygradex"]
-    if "routes" not in pgx:
+    if pgx.routes is None:
         return [("table", (["group", "training tasks"], [[str(i + 1), ", ".join(g)] for i, g in
-                                                          enumerate(pgx["groups"])]))]
-    tests = list(pgx["per_task"])
-    routed: list[list[str]] = [[] for _ in pgx["groups"]]
-    for t, g in zip(tests, pgx["routes"], strict=True):
+                                                          enumerate(pgx.groups)]))]
+    tests = list(pgx.per_task)
+    routed: list[list[str]] = [[] for _ in pgx.groups]
+    for t, g in zip(tests, pgx.routes, strict=True):
         routed[g].append(t)
     rows = [[str(i + 1), ", ".join(g), str(len(routed[i])), ", ".join(routed[i]) or "none"]
-            for i, g in enumerate(pgx["groups"])]
-    others = [f"{label(m)}: {' / '.join(str(c) for c in res['routed'])}" for m, res in groupings.items()
-              if m != "policygradex" and "routed" in res and len(res["routed"]) > 1]
+            for i, g in enumerate(pgx.groups)]
+    others = [f"{label(m)}: {' / '.join(str(c) for c in res.routed)}" for m, res in groupings.items()
+              if m != "policygradex" and res.routed is not None and len(res.routed) > 1]
     return [("table", (["group", "training tasks", "test tasks routed", "routed test tasks"], rows)),
             ("p", "Each test task is adapted from the policy of the group its policy gradient at theta* is routed "
                   "to." + ("" if not others else " Test tasks per group under the other groupings: "
@@ -228,13 +238,13 @@ def to_html(blocks: list[Block]) -> str:
             f"<style>{style}</style></head><body>{''.join(_render_html(blocks))}</body></html>\n")
 
 
-def trust_sentence(grouping: dict[str, Any]) -> str:
+def trust_sentence(grouping: GroupingSummary) -> str:
     """How much to trust the groups, in one sentence, from the null test and the bootstrap."""
-    why = (grouping.get("reason") or "").rstrip(".")
-    stability = grouping.get("stability")
+    why = (grouping.reason or "").rstrip(".")
+    stability = grouping.stability
     if stability is None:
         return why + "."
-    if grouping["k"] == 1:
+    if grouping.k == 1:
         return f"{why}; {100 * stability:.0f}% agreement across bootstrap resamples of the transitions."
     verdict = ("the groups are reliable" if stability >= 0.8 else
                "the main split is reliable, the membership of some tasks less so" if stability >= 0.5 else
@@ -298,7 +308,7 @@ def plot_affinity(path: Path, affinity: np.ndarray, names: list[str], groups: li
     _save(fig, path)
 
 
-def plot_per_task(path: Path, values: dict[str, dict[str, float | None]], xlabel: str, title: str,
+def plot_per_task(path: Path, values: Mapping[str, Mapping[str, float | None]], xlabel: str, title: str,
                   group_of: dict[str, int] | None = None, ylabel: str = "task") -> None:
     """Per-task scores of every method as a dot plot, tasks down the y axis, wrapping into panels of at most
     ``TASKS_PER_PANEL`` tasks (two side by side), so that 50 tasks stay readable at page width.
@@ -341,12 +351,12 @@ def plot_per_task(path: Path, values: dict[str, dict[str, float | None]], xlabel
     _save(fig, path)
 
 
-def plot_returns(path: Path, metrics: dict[str, Any]) -> None:
+def plot_returns(path: Path, metrics: RunMetrics) -> None:
     """The per-task figure of one run: every grouping's mean evaluation return on every evaluated task."""
-    groupings = metrics["groupings"]
+    groupings = metrics.groupings
     pgx = groupings["policygradex"]
-    meta = "routes" in pgx
-    plot_per_task(path, {m: res["per_task"] for m, res in groupings.items()},
+    meta = pgx.routes is not None
+    plot_per_task(path, {m: res.per_task for m, res in groupings.items()},
                   "mean evaluation return per episode", "Return per task by grouping (equal steps per task)",
                   _pgx_groups_of_tasks(pgx),
                   "test task (G = PolicyGradEx group routed to)" if meta else "training task (G = PolicyGradEx group)")
@@ -433,50 +443,50 @@ def plot_approx(path: Path, approx: dict[str, Any]) -> None:
     _save(fig, path)
 
 
-def compare_title(results: dict[str, Any]) -> str:
+def compare_title(results: CompareResults) -> str:
     """"policygradex compare: cartpole (10 training tasks, 50 test tasks, 5 seeds)"."""
-    pgx = results["methods"]["policygradex"]
-    train = {t for g in pgx["groups"][0] for t in g} if pgx.get("groups") else set()
-    tests = [t for t in pgx["per_task"] if t not in train]
-    n_train = len(train) or len(pgx["per_task"])
-    seeds = len(results["seeds"])
-    return (f"policygradex compare: {results['family']} "
+    pgx = results.methods["policygradex"]
+    train = {t for g in pgx.groups[0] for t in g} if pgx.groups else set()
+    tests = [t for t in pgx.per_task if t not in train]
+    n_train = len(train) or len(pgx.per_task)
+    seeds = len(results.seeds)
+    return (f"policygradex compare: {results.family} "
             f"({task_counts(n_train, len(tests))}, {seeds} seed{'' if seeds == 1 else 's'})")
 
 
-def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
+def compare_blocks(results: CompareResults, figures: list[str]) -> list[Block]:
     """The main-results table (mean +- std over seeds, gain of PolicyGradEx), the paper's row, the k ablation,
     the figures, then the per-task table."""
-    methods, metric = results["methods"], results["metric"]
-    paper = PAPER_MAIN.get(results["family"], {})
+    methods, metric = results.methods, results.metric
+    paper = PAPER_MAIN.get(results.family, {})
     unit = "%" if metric.startswith("success") else ""
-    pgx = methods["policygradex"]["mean"]
+    pgx = methods["policygradex"].mean
 
     def cell(m: str) -> str:
-        return f"{methods[m]['mean']:.1f}{unit} ± {methods[m]['std']:.1f}"
+        return f"{methods[m].mean:.1f}{unit} ± {methods[m].std:.1f}"
 
     rows = []
     for m in [m for m in MAIN if m in methods]:
-        rows.append([label(m), "/".join(sorted({str(k) for k in methods[m]["k"]})), cell(m),
-                     "" if m == "policygradex" else relative_gain(pgx, methods[m]["mean"]),
+        rows.append([label(m), "/".join(sorted({str(k) for k in methods[m].k})), cell(m),
+                     "" if m == "policygradex" else relative_gain(pgx, methods[m].mean),
                      f"{paper[m]:.1f}{unit}" if m in paper else ""])
-    seeds = results["seeds"]
+    seeds = results.seeds
     blocks: list[Block] = [
         ("h1", compare_title(results)),
         ("p", f"{metric.capitalize()} per task, mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))}); "
-              f"every grouping trained with {results['budget_steps_per_task']:,} environment steps per task "
-              f"(trainer {results['trainer']}), theta* with {results['meta_budget_steps_per_task']:,}; evaluated on "
-              f"{results['evaluated_on']}. PolicyGradEx gain = (PolicyGradEx - row) / |row| (positive = "
+              f"every grouping trained with {results.budget_steps_per_task:,} environment steps per task "
+              f"(trainer {results.trainer}), theta* with {results.meta_budget_steps_per_task:,}; evaluated on "
+              f"{results.evaluated_on}. PolicyGradEx gain = (PolicyGradEx - row) / |row| (positive = "
               "PolicyGradEx better, also for negative returns), absolute difference in brackets; a percentage of a "
               "baseline near zero says little. The paper's numbers come from its own (larger) budgets and are "
               "beside ours for reference, not as a like-for-like comparison."),
-        ("p", "" if results.get("grouping_stability") is None else
-              f"PolicyGradEx's groups across seeds: mean pairwise NMI {results['grouping_stability']:.2f} "
+        ("p", "" if results.grouping_stability is None else
+              f"PolicyGradEx's groups across seeds: mean pairwise NMI {results.grouping_stability:.2f} "
               "(1 = the same groups from every seed's theta*)."),
-        ("p", "" if not any(p is not None for p in results.get("null_p", [])) else
+        ("p", "" if not any(p is not None for p in results.null_p or []) else
               "Per seed, against the null (p of anything to split) and bootstrap stability: " + "; ".join(
                   f"seed {s}: k = {k}, p = {p:.2f}, stability {st:.2f}" for s, k, p, st in zip(
-                      seeds, methods["policygradex"]["k"], results["null_p"], results["bootstrap_stability"],
+                      seeds, methods["policygradex"].k, results.null_p or [], results.bootstrap_stability or [],
                       strict=True) if p is not None and st is not None) + "."),
         ("table", (["grouping", "k", metric, "PolicyGradEx gain", "paper"], rows)),
     ]
@@ -490,10 +500,10 @@ def compare_blocks(results: dict[str, Any], figures: list[str]) -> list[Block]:
     captions = {"returns": f"{metric.capitalize()} per task, mean over seeds, for every grouping (dashed lines: "
                            "each grouping's mean over tasks)."}
     blocks += [("h2", "Figures"), *(_figure(f, captions.get(Path(f).stem)) for f in figures)]
-    tasks = list(methods["policygradex"]["per_task"])
+    tasks = list(methods["policygradex"].per_task)
     shown = [m for m in MAIN if m in methods]
     table = (["task"] + [label(m) for m in shown],
-             [[t] + [_fmt(methods[m]["per_task"].get(t)) for m in shown] for t in tasks])
+             [[t] + [_fmt(methods[m].per_task.get(t)) for m in shown] for t in tasks])
     blocks += [("h2", "Per task (mean over seeds)"),
                ("details", (f"{metric.capitalize()} per task, mean over seeds ({len(tasks)} rows)",
                             [("table", table)]))]
@@ -505,15 +515,15 @@ def write_compare_report(out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    results = read_json(out / "results.json")
-    shown = [m for m in MAIN if m in results["methods"]]
-    seeds = len(results["seeds"])
+    results = read_compare_results(out / "results.json")
+    shown = [m for m in MAIN if m in results.methods]
+    seeds = len(results.seeds)
     figures = ["figures/returns.png", "figures/curves.png"]
-    metric = results["metric"]
-    plot_per_task(out / figures[0], {m: results["methods"][m]["per_task"] for m in shown},
+    metric = results.metric
+    plot_per_task(out / figures[0], {m: results.methods[m].per_task for m in shown},
                   f"{metric}, mean over {seeds} seeds", f"{metric.capitalize()} per task by grouping",
                   ylabel="evaluated task")
-    plot_curves(out / figures[1], {m: results["methods"][m]["curve"] for m in shown},
+    plot_curves(out / figures[1], {m: results.methods[m].curve for m in shown},
                 f"Learning curves, mean over {seeds} seeds")
     blocks = compare_blocks(results, figures)
     write_text(out / "report.md", to_markdown(blocks))
@@ -527,13 +537,13 @@ def write_report(out: Path) -> None:
     matplotlib.use("Agg")
     blocks: list[Block] = []
     if (out / "metrics.json").exists():
-        metrics = read_json(out / "metrics.json")
+        metrics = read_run_metrics(out / "metrics.json")
         figures = ["figures/affinity.png", "figures/returns.png", "figures/curves.png"]
         co = out / "co_membership.npy"
-        plot_affinity(out / figures[0], np.load(out / "affinity.npy"), metrics["task_names"],
-                      metrics["groupings"]["policygradex"]["groups"], np.load(co) if co.exists() else None)
+        plot_affinity(out / figures[0], np.load(out / "affinity.npy"), metrics.task_names,
+                      metrics.groupings["policygradex"].groups, np.load(co) if co.exists() else None)
         plot_returns(out / figures[1], metrics)
-        plot_curves(out / figures[2], {m: g["curve"] for m, g in metrics["groupings"].items()})
+        plot_curves(out / figures[2], {m: g.curve for m, g in metrics.groupings.items()})
         blocks = build_blocks(metrics, figures)
     else:
         blocks = [("h1", f"policygradex validation: {out.name}")]
