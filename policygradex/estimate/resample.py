@@ -144,3 +144,17 @@ def resampled_affinities(store: GradientStore, blocks: Blocks, subsets: np.ndarr
             loss = logistic_loss(z, y, w, betas[r, on_dev]).cpu().numpy()
             scores[r, held, i] = float(w.mean() * np.log(2.0)) - loss
     return affinity_from_scores(subsets, scores[:, inverse])
+
+
+def calibrate(store: GradientStore, subsets: np.ndarray, ridge: float, null_draws: int, bootstrap_draws: int,
+              block_length: int, null_seed: int, bootstrap_seed: int,
+              device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 3b: the affinities of ``null_draws`` null data sets and of ``bootstrap_draws`` bootstrap ones, each
+    (draws, n, n), from blocks of ``block_length`` transitions (see module doc)."""
+    blocks = make_blocks(store, block_length)
+    rng = np.random.default_rng(null_seed)
+    null = [null_draw(blocks, rng) for _ in range(null_draws)]
+    rng = np.random.default_rng(bootstrap_seed)
+    boot = [bootstrap_draw(blocks, rng) for _ in range(bootstrap_draws)]
+    affinities = resampled_affinities(store, blocks, subsets, ridge, null + boot, device=device)
+    return affinities[:null_draws], affinities[null_draws:]

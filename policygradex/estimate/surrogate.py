@@ -26,6 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.store import GradientStore, TaskStats
 from policygradex.registry import Registry
 
@@ -190,3 +191,11 @@ def subset_scores(store: GradientStore, subsets: np.ndarray, betas: torch.Tensor
         scores[members, i] = base - logistic_loss(z, y, w, betas[torch.as_tensor(members, device=betas.device)]
                                                   ).cpu().numpy()
     return scores
+
+
+def estimate_subsets(store: GradientStore, subsets: np.ndarray, solver: str, ridge: float,
+                     device: torch.device | None = None) -> dict[str, np.ndarray]:
+    """Stage 3: every subset's solution, its scores f(S, i) and the affinity they give: ``{"subsets", "scores",
+    "affinity"}``, what ``surrogate.npz`` holds."""
+    scores = subset_scores(store, subsets, solve_subsets(store, subsets, solver, ridge, device), device)
+    return {"subsets": subsets, "scores": scores, "affinity": affinity_from_scores(subsets, scores)}

@@ -23,16 +23,15 @@ import numpy as np
 from policygradex import io
 from policygradex.cluster.grouping import group
 from policygradex.cluster.sdp import Grouping, partition
-from policygradex.cluster.significance import Confidence, nmi, partition_values
+from policygradex.cluster.significance import nmi, partition_values
 from policygradex.config import Config, check_fits
 from policygradex.errors import PGXError
-from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.features import CHUNK_TASKS, check_features, collect_features
 from policygradex.estimate.projection import make_projector
-from policygradex.estimate.resample import bootstrap_draw, make_blocks, null_draw, resampled_affinities
+from policygradex.estimate.resample import calibrate
 from policygradex.estimate.store import GradientStore
 from policygradex.estimate.subsets import sample_subsets
-from policygradex.estimate.surrogate import solve_subsets, subset_scores
+from policygradex.estimate.surrogate import estimate_subsets
 from policygradex.experiments.downstream import GroupJob, GroupUnit, grouping_result, train_and_evaluate
 from policygradex.experiments.groupings import cosine_matrix, independent_groups, random_groups, route, single_group
 from policygradex.experiments.progress import StageProgress
@@ -42,6 +41,8 @@ from policygradex.experiments.results import (
     GroupingSummary,
     RunMetrics,
     StepBudget,
+    read_groups,
+    write_groups,
     write_run_metrics,
 )
 from policygradex.experiments.run_folder import RunFolder
@@ -234,10 +235,9 @@ class Pipeline:
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsets"))
             subsets = sample_subsets(n, est.subset_size, est.pair_coverage, est.max_subsets, rng)
             with self.progress.stage("3/5 subset surrogates", len(subsets)) as advance:
-                betas = solve_subsets(store, subsets, est.solver, est.ridge, self.device)
-                scores = subset_scores(store, subsets, betas, self.device)
+                out = estimate_subsets(store, subsets, est.solver, est.ridge, self.device)
                 advance(len(subsets))
-            return {"subsets": subsets, "scores": scores, "affinity": affinity_from_scores(subsets, scores)}
+            return out
 
         out = self._stage("surrogate", "surrogate.npz", compute, lambda v, p: io.write_npz(p, **v), _read_npz)
         if self.folder:
@@ -255,15 +255,11 @@ class Pipeline:
             store = self.features(policy or self.meta_policy())
             draws = c.null_draws + c.bootstrap_draws
             with self.progress.stage("3/5 null and bootstrap draws", draws) as advance, torch_threads(os.cpu_count()):
-                blocks = make_blocks(store, c.block_length)
-                rng = np.random.default_rng(derive_seed(self.cfg.seed, "null"))
-                null = [null_draw(blocks, rng) for _ in range(c.null_draws)]
-                rng = np.random.default_rng(derive_seed(self.cfg.seed, "bootstrap"))
-                boot = [bootstrap_draw(blocks, rng) for _ in range(c.bootstrap_draws)]
-                affinities = resampled_affinities(store, blocks, subsets, ridge, null + boot, device=self.device)
+                null, boot = calibrate(store, subsets, ridge, c.null_draws, c.bootstrap_draws, c.block_length,
+                                       derive_seed(self.cfg.seed, "null"), derive_seed(self.cfg.seed, "bootstrap"),
+                                       self.device)
                 advance(draws)
-            return {"null_values": np.stack([partition_values(U) for U in affinities[:c.null_draws]]),
-                    "bootstrap": affinities[c.null_draws:]}
+            return {"null_values": np.stack([partition_values(U) for U in null]), "bootstrap": boot}
 
         return self._stage("calibration", "calibration.npz", compute, lambda v, p: io.write_npz(p, **v), _read_npz)
 
@@ -275,30 +271,8 @@ class Pipeline:
         def compute() -> Grouping:
             return group(est.affinity, self.cfg.cluster, est.group_seed, est.null_values, est.bootstrap)
 
-        def save(g: Grouping, path: Path) -> None:
-            conf = g.confidence
-            if conf is not None:
-                io.write_npy(path.with_name("co_membership.npy"), conf.co_membership)
-            io.write_json(path, {
-                "tasks": names, "groups": [[names[i] for i in grp] for grp in g.groups], "k": g.k, "method": g.method,
-                # Unrounded: a resumed run reads these back and must report what the first one did.
-                "confidence": None if conf is None else {names[i]: float(c) for i, c in enumerate(conf.confidence)},
-                "stability": None if conf is None else conf.stability,
-                "null_p": g.null_p,
-                "p_values": g.p_values,
-                "bootstrap_k": None if conf is None else conf.draw_k,
-                "reason": g.reason})
-
-        def load(path: Path) -> Grouping:
-            data = io.read_json(path)
-            co = path.with_name("co_membership.npy")
-            conf = None if data.get("confidence") is None or not co.exists() else Confidence(
-                np.load(co), np.array([data["confidence"][t] for t in names]), data["stability"], data["bootstrap_k"])
-            return Grouping([[names.index(t) for t in grp] for grp in data["groups"]], data["method"],
-                            null_p=data.get("null_p"), p_values=data.get("p_values"), reason=data.get("reason", ""),
-                            confidence=conf)
-
-        return self._stage("group", "groups.json", compute, save, load)
+        return self._stage("group", "groups.json", compute, lambda g, p: write_groups(p, g, names),
+                           lambda p: read_groups(p, names))
 
     # -- stages 5-6 ----------------------------------------------------------------------------------
     def groupings(self, grouping: Grouping, affinity: np.ndarray) -> dict[str, list[list[int]]]:

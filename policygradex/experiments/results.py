@@ -1,4 +1,5 @@
-"""Typed records of what a run and a comparison produce, and the one place their JSON files are written and read.
+"""Typed records of what a run and a comparison produce, and the one place their JSON files (and stage 4's
+groups.json) are written and read.
 
 ``RunMetrics`` is a run folder's ``metrics.json`` (one ``GroupingResult`` per grouping); ``CompareResults`` is a
 ``compare`` folder's ``results.json`` (one ``MethodResult`` per grouping, aggregated over seeds). The JSON layout
@@ -19,7 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import numpy as np
+
 from policygradex import io
+from policygradex.cluster.sdp import Grouping
+from policygradex.cluster.significance import Confidence
 
 Curve = list[list[float]]
 """A learning curve: [environment steps per task, value] points, the value NaN where nothing was measured."""
@@ -330,3 +335,32 @@ def write_compare_results(path: str | Path, r: CompareResults) -> None:
 def read_compare_results(path: str | Path) -> CompareResults:
     """Read ``results.json``."""
     return CompareResults.from_json(io.read_json(path))
+
+
+# -- groups.json -----------------------------------------------------------------------------------------------
+
+def write_groups(path: Path, g: Grouping, names: list[str]) -> None:
+    """Stage 4's artifact: groups.json (tasks by name) and, with a bootstrap, co_membership.npy beside it."""
+    conf = g.confidence
+    if conf is not None:
+        io.write_npy(path.with_name("co_membership.npy"), conf.co_membership)
+    io.write_json(path, {
+        "tasks": names, "groups": [[names[i] for i in grp] for grp in g.groups], "k": g.k, "method": g.method,
+        # Unrounded: a resumed run reads these back and must report what the first one did.
+        "confidence": None if conf is None else {names[i]: float(c) for i, c in enumerate(conf.confidence)},
+        "stability": None if conf is None else conf.stability,
+        "null_p": g.null_p,
+        "p_values": g.p_values,
+        "bootstrap_k": None if conf is None else conf.draw_k,
+        "reason": g.reason})
+
+
+def read_groups(path: Path, names: list[str]) -> Grouping:
+    """The ``Grouping`` that ``write_groups`` wrote (task indices in ``names``' order)."""
+    data = io.read_json(path)
+    co = path.with_name("co_membership.npy")
+    conf = None if data.get("confidence") is None or not co.exists() else Confidence(
+        np.load(co), np.array([data["confidence"][t] for t in names]), data["stability"], data["bootstrap_k"])
+    return Grouping([[names.index(t) for t in grp] for grp in data["groups"]], data["method"],
+                    null_p=data.get("null_p"), p_values=data.get("p_values"), reason=data.get("reason", ""),
+                    confidence=conf)
