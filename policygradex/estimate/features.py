@@ -29,6 +29,9 @@ from policygradex.tasks.family import EnvFactory
 CHUNK_TASKS = 16
 """Tasks rolled out together, one env each, so that one policy forward serves all of them. Chunks depend on
 the number of tasks alone, never on the executor, so a store is the same whoever computes it."""
+IN_PROCESS_BELOW = 50_000
+"""Fewer transitions in all (tasks x transitions per task) are rolled out in this process: starting worker
+processes (seconds each) would cost more than they save."""
 
 
 @dataclass
@@ -78,7 +81,8 @@ def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], proje
                      device: str = "cpu") -> GradientStore:
     """``cfg.transitions_per_task`` transitions per task (one per factory) at theta*, GAE advantages from
     theta*'s critic, projected gradients streamed into a store (on disk at ``path``, else in memory). Chunks
-    of ``CHUNK_TASKS`` tasks are independent items of ``executor`` (default: in this process); seeds derive
+    of ``CHUNK_TASKS`` tasks are independent items of ``executor`` (in this process when there is one chunk or
+    fewer than ``IN_PROCESS_BELOW`` transitions, or no executor); seeds derive
     from (seed, task), so the store does not depend on the executor or its workers. ``progress`` counts tasks;
     ``device`` is where the gradients are projected.
 
@@ -98,7 +102,8 @@ def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], proje
         if progress is not None:
             progress(len(chunks[j]))
 
-    (executor or LocalExecutor(1)).map(chunk_features, jobs, write)
+    small = len(chunks) == 1 or n * steps < IN_PROCESS_BELOW
+    (LocalExecutor(1) if executor is None or small else executor).map(chunk_features, jobs, write)
     return writer.close()
 
 

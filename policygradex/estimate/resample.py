@@ -34,7 +34,7 @@ import torch
 
 from policygradex.estimate.affinity import affinity_from_scores
 from policygradex.estimate.store import GradientStore
-from policygradex.estimate.surrogate import bound_factors, logistic_loss
+from policygradex.estimate.surrogate import bound_factors, held_out_scores
 
 
 @dataclass
@@ -140,9 +140,7 @@ def resampled_affinities(store: GradientStore, blocks: Blocks, subsets: np.ndarr
         held = np.flatnonzero(distinct[:, i])
         on_dev = torch.as_tensor(held, device=dev)
         for r, ho in enumerate(holdout):
-            z, y, w = ho_z[ho[i]], ho_y[ho[i]], ho_w[ho[i]]
-            loss = logistic_loss(z, y, w, betas[r, on_dev]).cpu().numpy()
-            scores[r, held, i] = float(w.mean() * np.log(2.0)) - loss
+            scores[r, held, i] = held_out_scores(ho_z[ho[i]], ho_y[ho[i]], ho_w[ho[i]], betas[r, on_dev])
     return affinity_from_scores(subsets, scores[:, inverse])
 
 

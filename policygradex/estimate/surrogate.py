@@ -80,6 +80,12 @@ def logistic_loss(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, beta: torch
     return out[0] if beta.dim() == 1 else out
 
 
+def held_out_scores(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, betas: torch.Tensor) -> np.ndarray:
+    """f = L(0) - L(beta) on one task's held-out rows for each of ``betas`` (m, d): (m,). L(0) = mean(w) log 2,
+    since every margin is 0 there."""
+    return float(w.mean() * np.log(2.0)) - logistic_loss(z, y, w, betas).cpu().numpy()
+
+
 def solve_exact(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, lam: float, max_iter: int = 100,
                 tol: float = 1e-10) -> torch.Tensor:
     """Minimise 1/N sum w log(1+exp(-y z^T beta)) + lam/2 ||beta||^2 by Newton's method (IRLS)."""
@@ -116,18 +122,19 @@ def solve_mm(store: GradientStore, subsets: np.ndarray, ridge: float, tol: float
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = _task_rows(store, dev)
-    member_all = torch.as_tensor(subsets, dtype=torch.float64)
+    stats = store.stats.to(dev)  # the factorisations run there too
+    member_all = torch.as_tensor(subsets, dtype=torch.float64, device=dev)
     betas, most = [], 0
     for start in range(0, len(member_all), chunk):
         member = member_all[start:start + chunk]
-        L, lam, count = (t.to(dev) for t in bound_factors(store.stats, member, ridge))
+        L, lam, count = bound_factors(stats, member, ridge)
         beta = torch.zeros(len(member), store.d, dtype=torch.float64, device=dev)
         it = 0
         while it < max_iter:
             it += 1
             grad = lam[:, None] * beta
             for i, (z, wy) in enumerate(rows):
-                idx = torch.nonzero(member[:, i]).flatten().to(dev)
+                idx = torch.nonzero(member[:, i]).flatten()
                 if len(idx) == 0:
                     continue
                 margin = z @ beta[idx].T  # (rows_i, subsets holding i)
@@ -187,9 +194,7 @@ def subset_scores(store: GradientStore, subsets: np.ndarray, betas: torch.Tensor
         z = torch.as_tensor(store.read("z", sl), device=betas.device)
         y, w = (torch.as_tensor(store.read(k, sl), dtype=torch.float64, device=betas.device) for k in ("y", "w"))
         members = np.flatnonzero(subsets[:, i])
-        base = float(w.mean() * np.log(2.0))
-        scores[members, i] = base - logistic_loss(z, y, w, betas[torch.as_tensor(members, device=betas.device)]
-                                                  ).cpu().numpy()
+        scores[members, i] = held_out_scores(z, y, w, betas[torch.as_tensor(members, device=betas.device)])
     return scores
 
 

@@ -26,7 +26,7 @@ from policygradex.cluster.sdp import Grouping, partition
 from policygradex.cluster.significance import nmi, partition_values
 from policygradex.config import Config, check_fits
 from policygradex.errors import PGXError
-from policygradex.estimate.features import CHUNK_TASKS, check_features, collect_features
+from policygradex.estimate.features import check_features, collect_features
 from policygradex.estimate.projection import make_projector
 from policygradex.estimate.resample import calibrate
 from policygradex.estimate.store import GradientStore
@@ -55,8 +55,6 @@ from policygradex.tasks.family import TaskFamily
 
 META_STATS = "tensorboard/meta_train/summary.json"
 """How theta*'s training ended (mean of each PPO statistic over its last 10% of updates)."""
-IN_PROCESS_BELOW = 50_000
-"""Feature rollouts of fewer transitions in all (tasks x transitions per task) run in the main process."""
 A = TypeVar("A")
 K = TypeVar("K")
 
@@ -208,14 +206,11 @@ class Pipeline:
 
         def compute(path: Path | None) -> GradientStore:
             n = self.family.n_tasks
-            # Small work runs here: starting worker processes (seconds each) would cost more than it saves.
-            # The store is the same either way (every task has its own seeds).
-            executor = self.executor if n * est.transitions_per_task >= IN_PROCESS_BELOW and n > CHUNK_TASKS else None
             with self.progress.stage("2/5 gradient features", n) as advance:
                 projector = make_projector(est.projector, policy, est.proj_dim,
                                            derive_seed(self.cfg.seed, "projection"))
                 return collect_features(policy, self.family.factories(range(n)), projector, est, self.cfg.meta,
-                                        derive_seed(self.cfg.seed, "features"), path, executor, advance,
+                                        derive_seed(self.cfg.seed, "features"), path, self.executor, advance,
                                         str(self.device))
 
         path = self.folder / "store" if self.folder else None
@@ -280,8 +275,6 @@ class Pipeline:
         n, ds, c = self.family.n_tasks, self.cfg.downstream, self.cfg.cluster
         out = {"policygradex": grouping.groups}
         for k in ds.ablate_k:
-            if k > n:
-                raise PGXError(f"ablate_k asks for {k} groups of {n} tasks; choose k between 1 and {n}")
             out[f"policygradex-k{k}"] = partition(affinity, k, 0.0, c.sdp_solver,
                                                   derive_seed(self.cfg.seed, "group")).groups
         k = grouping.k
