@@ -10,13 +10,12 @@ config.json guarantees it was made with the same settings).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -45,7 +44,7 @@ from policygradex.experiments.results import (
     write_groups,
     write_run_metrics,
 )
-from policygradex.experiments.run_folder import RunFolder
+from policygradex.experiments.run_folder import MISSING, RunFolder
 from policygradex.parallel import Executor, make_executor, resolve_device, torch_threads
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
 from policygradex.rl.ppo import stopping_divergence, train_ppo
@@ -57,15 +56,6 @@ META_STATS = "tensorboard/meta_train/summary.json"
 """How theta*'s training ended (mean of each PPO statistic over its last 10% of updates)."""
 A = TypeVar("A")
 K = TypeVar("K")
-
-
-class _Missing(enum.Enum):
-    """What ``Pipeline._reuse`` returns when an artifact has to be computed (an enum member: a type of its own)."""
-
-    MISSING = enum.auto()
-
-
-_MISSING: Final = _Missing.MISSING
 
 
 @dataclass
@@ -140,50 +130,39 @@ class Pipeline:
         return self.folder
 
     # -- caching -------------------------------------------------------------------------------------
-    def _stage(self, name: str, artifact: str, compute: Callable[[], A], save: Callable[[A, Path], None],
-               load: Callable[[Path], A], sealed: str | None = None) -> A:
+    def _stage(self, name: str, artifact: str, compute: Callable[[Path | None], A], load: Callable[[Path], A],
+               save: Callable[[A, Path], None] | None = None, sealed: str | None = None) -> A:
         """The stage's value: loaded from ``artifact`` when it is there and matches its checksum (``sealed`` names
-        what the checksum covers, default the artifact), else computed, saved and sealed."""
+        what the checksum covers, default the artifact), else computed and sealed.
+
+        ``compute`` gets the artifact's path (None without a run folder). A stage that streams its artifact
+        (the features) writes it there itself; the others return their value and ``save`` writes it."""
         if name in self._values:  # asked again by a later stage of this pipeline
             return self._values[name]
         path = self.folder / artifact if self.folder else None
-        sealed = sealed or artifact
-        if path is not None and (value := self._reuse(path, sealed, load)) is not _MISSING:
+        if self.folder and (value := self.folder.reuse(artifact, load, self.progress.warn, sealed)) is not MISSING:
             self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
             self._values[name] = value
             return value
         start, inner_before = time.perf_counter(), self._inner_seconds
         with torch_threads(1):  # small policies: one thread is fastest; a stage that gains from more asks for them
-            value = compute()
+            value = compute(path)
         # A stage may run the stages it depends on (surrogate -> features -> meta_train): keep its own time.
         self.seconds[name] = time.perf_counter() - start - (self._inner_seconds - inner_before)
         self._inner_seconds += self.seconds[name]
-        if path is not None:
-            save(value, path)
-            self.run_folder.seal(sealed)
-            self.run_folder.record_time(name, self.seconds[name])
+        if self.folder and path is not None:
+            if save is not None:
+                save(value, path)
+            self.folder.seal(sealed or artifact)
+            self.folder.record_time(name, self.seconds[name])
         self._values[name] = value
         return value
-
-    def _reuse(self, path: Path, sealed: str, load: Callable[[Path], A]) -> A | _Missing:
-        """``load(path)`` if the artifact is there and ``sealed`` matches its checksum, else ``_MISSING``; a damaged
-        or unreadable artifact is reported, never used."""
-        if not path.exists():
-            return _MISSING
-        problem = self.run_folder.verify(sealed)
-        if problem is None:
-            try:
-                return load(path)
-            except Exception as exc:  # unreadable although sealed
-                problem = f"is unreadable ({type(exc).__name__})"
-        self.progress.warn(f"{self.run_folder / sealed} {problem}; recomputing it")
-        return _MISSING
 
     # -- stage 1 -------------------------------------------------------------------------------------
     def meta_policy(self) -> ActorCritic:
         fam, ppo = self.family, self.cfg.meta
 
-        def compute() -> ActorCritic:
+        def compute(_: Path | None) -> ActorCritic:
             with (self.progress.stage("1/5 meta-train theta*", ppo.steps_per_task * fam.n_tasks) as advance,
                   stopping_divergence("meta-training theta* (stage 1)", "--meta-learning-rate")):
                 result = train_ppo(fam.factories(range(fam.n_tasks)), fam.observation_space, fam.action_space,
@@ -193,8 +172,8 @@ class Pipeline:
                 io.write_json(self.folder / META_STATS, summarize(result.stats))
             return result.policy
 
-        return self._stage("meta_train", "meta_policy.pt", compute, save_policy,
-                           lambda p: load_policy(p, fam.action_space))
+        return self._stage("meta_train", "meta_policy.pt", compute, lambda p: load_policy(p, fam.action_space),
+                           save_policy)
 
     def _log_dir(self, name: str) -> str | None:
         """Where a training writes its TensorBoard events: ``tensorboard/<name>`` in the run folder."""
@@ -204,18 +183,16 @@ class Pipeline:
     def features(self, policy: ActorCritic) -> GradientStore:
         est = self.cfg.estimate
 
-        def compute(path: Path | None) -> GradientStore:
+        def compute(folder: Path | None) -> GradientStore:  # streams the store into its folder
             n = self.family.n_tasks
             with self.progress.stage("2/5 gradient features", n) as advance:
                 projector = make_projector(est.projector, policy, est.proj_dim,
                                            derive_seed(self.cfg.seed, "projection"))
                 return collect_features(policy, self.family.factories(range(n)), projector, est, self.cfg.meta,
-                                        derive_seed(self.cfg.seed, "features"), path, self.executor, advance,
-                                        str(self.device))
+                                        derive_seed(self.cfg.seed, "features"), folder,
+                                        self.executor, advance, str(self.device))
 
-        path = self.folder / "store" if self.folder else None
-        return self._stage("features", "store/meta.json", lambda: compute(path), lambda store, p: None,
-                           lambda p: GradientStore.open(p.parent), sealed="store")
+        return self._stage("features", "store", compute, GradientStore.open)
 
     # -- stage 3 -------------------------------------------------------------------------------------
     def estimate(self, policy: ActorCritic | None = None) -> AffinityResult:
@@ -224,7 +201,7 @@ class Pipeline:
             raise PGXError("estimate(policy=...) is computed in memory only; use a Pipeline without a run folder")
         est, n = self.cfg.estimate, self.family.n_tasks
 
-        def compute() -> dict[str, np.ndarray]:
+        def compute(_: Path | None) -> dict[str, np.ndarray]:
             store = self.features(policy or self.meta_policy())
             check_features(store, self.family.task_names)
             rng = np.random.default_rng(derive_seed(self.cfg.seed, "subsets"))
@@ -234,7 +211,7 @@ class Pipeline:
                 advance(len(subsets))
             return out
 
-        out = self._stage("surrogate", "surrogate.npz", compute, lambda v, p: io.write_npz(p, **v), _read_npz)
+        out = self._stage("surrogate", "surrogate.npz", compute, _read_npz, lambda v, p: io.write_npz(p, **v))
         if self.folder:
             io.write_npy(self.folder / "affinity.npy", out["affinity"])
         cal = self.calibration(policy, out["subsets"])
@@ -246,7 +223,7 @@ class Pipeline:
         """Stage 3b: the partition values of null draws' affinities, and bootstrap affinities (estimate/resample.py)."""
         c, ridge = self.cfg.cluster, self.cfg.estimate.ridge
 
-        def compute() -> dict[str, np.ndarray]:
+        def compute(_: Path | None) -> dict[str, np.ndarray]:
             store = self.features(policy or self.meta_policy())
             draws = c.null_draws + c.bootstrap_draws
             with self.progress.stage("3/5 null and bootstrap draws", draws) as advance, torch_threads(os.cpu_count()):
@@ -256,18 +233,18 @@ class Pipeline:
                 advance(draws)
             return {"null_values": np.stack([partition_values(U) for U in null]), "bootstrap": boot}
 
-        return self._stage("calibration", "calibration.npz", compute, lambda v, p: io.write_npz(p, **v), _read_npz)
+        return self._stage("calibration", "calibration.npz", compute, _read_npz, lambda v, p: io.write_npz(p, **v))
 
     # -- stage 4 -------------------------------------------------------------------------------------
     def group(self, est: AffinityResult) -> Grouping:
         """Stage 4: k (fixed, or tested against the null), the SDP's groups, their bootstrap confidence."""
         names = self.family.task_names
 
-        def compute() -> Grouping:
+        def compute(_: Path | None) -> Grouping:
             return group(est.affinity, self.cfg.cluster, est.group_seed, est.null_values, est.bootstrap)
 
-        return self._stage("group", "groups.json", compute, lambda g, p: write_groups(p, g, names),
-                           lambda p: read_groups(p, names))
+        return self._stage("group", "groups.json", compute, lambda p: read_groups(p, names),
+                           lambda g, p: write_groups(p, g, names))
 
     # -- stages 5-6 ----------------------------------------------------------------------------------
     def groupings(self, grouping: Grouping, affinity: np.ndarray) -> dict[str, list[list[int]]]:
@@ -300,7 +277,7 @@ class Pipeline:
                            f"{self.family.name!r} has {n_tests}; lower --adapt-test-tasks or use "
                            "--downstream-protocol multi-task")
 
-        def compute() -> np.ndarray:
+        def compute(_: Path | None) -> np.ndarray:
             policy = self.meta_policy()
             projector = make_projector(est.projector, policy, est.proj_dim, derive_seed(self.cfg.seed, "projection"))
             factories = [t.make for t in self.family.test_tasks[:adapt_cfg.test_tasks]]
@@ -310,7 +287,7 @@ class Pipeline:
                                      device=str(self.device))
             return store.stats.b.numpy()
 
-        return self._stage("route", "test_gradients.npy", compute, lambda v, p: io.write_npy(p, v), np.load)
+        return self._stage("route", "test_gradients.npy", compute, np.load, lambda v, p: io.write_npy(p, v))
 
     def downstream(self, groupings: dict[str, list[list[int]]]) -> dict[str, GroupingResult]:
         """Train one policy per distinct group (a group shared by two groupings trains once), evaluate."""
@@ -355,7 +332,8 @@ class Pipeline:
         todo = []
         for key in keys:
             path = path_of(key)
-            if path is not None and (res := self._reuse(path, self._relative(path), io.read_json)) is not _MISSING:
+            if path is not None and (res := self.run_folder.reuse(self._relative(path), io.read_json,
+                                                                  self.progress.warn)) is not MISSING:
                 results[key] = res
             else:
                 todo.append(key)

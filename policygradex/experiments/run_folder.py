@@ -13,11 +13,13 @@ truncated or damaged file, or one finished in the instant before a crash and nev
 
 from __future__ import annotations
 
+import enum
 import os
 import zlib
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from policygradex.config import diff
 from policygradex.errors import PGXError
@@ -27,6 +29,16 @@ CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"
 CHECKSUMS_FILE = "checksums.json"
 LOCK_FILE = ".lock"
+A = TypeVar("A")
+
+
+class _Missing(enum.Enum):
+    """What ``RunFolder.reuse`` returns when an artifact has to be computed (an enum member: a type of its own)."""
+
+    MISSING = enum.auto()
+
+
+MISSING: Final = _Missing.MISSING
 
 
 _LOCKS: dict[str, int] = {}
@@ -122,6 +134,23 @@ class RunFolder:
         if checksum(self.path / artifact) != expected:
             return "does not match its checksum (truncated or damaged)"
         return None
+
+    def reuse(self, artifact: str, read: Callable[[Path], A], warn: Callable[[str], None],
+              sealed: str | None = None) -> A | _Missing:
+        """``read`` of the artifact if it is there and ``sealed`` (what its checksum covers, default the artifact)
+        matches its checksum, else ``MISSING``. A damaged or unreadable artifact is reported through ``warn``,
+        never used."""
+        path, sealed = self.path / artifact, sealed or artifact
+        if not path.exists():
+            return MISSING
+        problem = self.verify(sealed)
+        if problem is None:
+            try:
+                return read(path)
+            except Exception as exc:  # unreadable although sealed
+                problem = f"is unreadable ({type(exc).__name__})"
+        warn(f"{self.path / sealed} {problem}; recomputing it")
+        return MISSING
 
     def _checksums(self) -> dict[str, str]:
         p = self.path / CHECKSUMS_FILE
