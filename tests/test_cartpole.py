@@ -21,12 +21,53 @@ def test_reversed_force_pushes_the_other_way():
     params = {"length": 0.5, "masspole": 0.1, "masscart": 1.0, "gravity": 9.8, "force_mag": 10.0}
     moves = []
     for reversed_ in (False, True):
-        env = cartpole.make_env(**params, reversed=reversed_)
+        env = cartpole.CartPoleFactory(**params, reversed=reversed_)()
         env.reset(seed=0)
         env.unwrapped.state = np.zeros(4)
         obs, *_ = env.step(1)
         moves.append(obs[1])  # cart velocity after pushing with action 1
     assert moves[0] > 0 > moves[1]
+
+
+def test_batch_steps_exactly_as_gymnasium_cartpoles_do():
+    """CartPoleBatch against gymnasium's CartPoleEnv (with the variants' constants, in a TimeLimit, same-step
+    autoreset): the same observations, rewards, ends and final observations, step for step, through many
+    episode ends and the 500-step limit."""
+    import gymnasium as gym
+
+    fam = pgx.make_family("cartpole", n_tasks=6, seed=3)
+    factories = fam.factories(range(6)) * 2
+    batch = cartpole.CartPoleFactory.make_vector(factories)
+    ref = gym.vector.SyncVectorEnv(factories, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    seeds = [7 * e + 1 for e in range(len(factories))]
+    obs_b, _ = batch.reset(seed=seeds)
+    obs_r, _ = ref.reset(seed=seeds)
+    np.testing.assert_array_equal(obs_b, obs_r)
+    rng = np.random.default_rng(0)
+    ends = truncations = 0
+    for t in range(1500):
+        if t == 700:  # near the time limit: the next steps cross it
+            batch.elapsed[:] = 490
+            for env in ref.envs:
+                env._elapsed_steps = 490
+        # mostly the action that rights the pole, so that some episodes live long
+        lean = obs_b[:, 2] + 0.5 * obs_b[:, 3] > 0
+        push = np.array([f.reversed for f in factories]) ^ lean
+        action = np.where(rng.random(len(factories)) < 0.8, push, rng.integers(0, 2, len(factories))).astype(int)
+        obs_b, rew_b, term_b, trunc_b, info_b = batch.step(action)
+        obs_r, rew_r, term_r, trunc_r, info_r = ref.step(action)
+        np.testing.assert_allclose(obs_b, obs_r, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(rew_b, rew_r)
+        np.testing.assert_array_equal(term_b, term_r)
+        np.testing.assert_array_equal(trunc_b, trunc_r)
+        if (done := term_b | trunc_b).any():
+            final_r = np.stack(info_r["final_obs"][done])
+            np.testing.assert_allclose(info_b["final_obs"][done], final_r, rtol=0, atol=1e-5)
+            ends += int(done.sum())
+            truncations += int(trunc_b.sum())
+        obs_b = obs_r  # any last-digit difference is not carried on
+        batch.state = np.stack([env.unwrapped.state for env in ref.envs]).astype(np.float64)
+    assert ends > 30 and truncations >= len(factories) // 2
 
 
 def test_task_env_passes_gymnasium_env_checker():

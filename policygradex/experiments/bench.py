@@ -132,14 +132,11 @@ def bench_surrogate(m: int = 1000, d: int = 400, rows_per_task: int = 2048, n_ta
 def _mild_cartpole(n_tasks: int, seed: int):
     """CartPole-v1 with only the pole's half-length drawn from 0.4-0.6 m: tasks that differ mildly and never
     conflict, so the right answer is one group."""
-    import functools
-
     from policygradex.tasks import cartpole
     from policygradex.tasks.family import TaskFamily
 
     lengths = np.random.default_rng([seed, 0x3117]).uniform(0.4, 0.6, n_tasks).round(3)
-    factories = [functools.partial(cartpole.make_env, length=float(x), masspole=0.1, masscart=1.0, gravity=9.8,
-                                   force_mag=10.0) for x in lengths]
+    factories = [cartpole.CartPoleFactory(length=float(x)) for x in lengths]
     return TaskFamily.from_envs("mild-cartpole", factories, [f"len{x:.3f}-{i}" for i, x in enumerate(lengths)])
 
 

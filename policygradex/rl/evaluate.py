@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from policygradex.rl.policy import ActorCritic
 from policygradex.tasks.family import EnvFactory
+from policygradex.tasks.vector import make_vector_env
 
 
 @dataclass
@@ -49,8 +49,7 @@ def _evaluate(policy: ActorCritic, factories: Sequence[EnvFactory], episodes: in
     env_task = np.repeat(np.arange(len(factories)), episodes)
     n = len(env_task)
     ids = np.asarray(task_ids if task_ids is not None else range(len(factories)))[env_task]
-    envs = gym.vector.SyncVectorEnv([factories[int(j)] for j in env_task],
-                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs = make_vector_env([factories[int(j)] for j in env_task])
     obs, _ = envs.reset(seed=[int(seed + t * episodes + e) for t, e in zip(ids, np.tile(np.arange(episodes),
                                                                                          len(factories)), strict=True)])
     task = torch.as_tensor(ids)

@@ -25,7 +25,15 @@ from torch.func import functional_call
 
 from policygradex.config import AdaptConfig, PPOConfig
 from policygradex.rl.policy import ActorCritic
-from policygradex.rl.ppo import Diverged, Progress, TrainingRecord, TrainResult, _mean_return_per_task, check_finite
+from policygradex.rl.ppo import (
+    Diverged,
+    Progress,
+    TrainingRecord,
+    TrainResult,
+    _mean_return_per_task,
+    adam,
+    check_finite,
+)
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
 from policygradex.tasks.family import ActionSpace, EnvFactory
 
@@ -99,7 +107,7 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Bo
     n_tasks, n_envs = len(factories), ppo.envs_per_task
     torch.manual_seed(seed)
     policy = ActorCritic(observation_space.shape[0], action_space, 1, ppo.hidden_sizes, task_conditioned=False)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=ppo.learning_rate, eps=1e-5)
+    optimizer = adam(policy, ppo.learning_rate)
     runners = [TaskRunner([f] * n_envs, [0] * n_envs, seed=seed + 7919 * j, gamma=ppo.gamma)
                for j, f in enumerate(factories)]
     support_steps = _support_steps(adapt_cfg, n_envs)

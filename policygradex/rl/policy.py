@@ -27,10 +27,23 @@ def _layer(n_in: int, n_out: int, gain: float) -> nn.Linear:
     return layer
 
 
+class Tanh(nn.Module):
+    """tanh, as 2 sigmoid(2x) - 1 on large batches: this CPU build of torch computes ``tanh`` element by element
+    (108 us for a 640 x 64 PPO minibatch against 21 us for the sigmoid form, a quarter of an update's time),
+    while small batches (rollout steps) are faster with ``tanh`` itself. Equal to ``torch.tanh`` within 2e-7."""
+
+    LARGE = 4096
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() < self.LARGE or x.is_cuda:
+            return torch.tanh(x)
+        return torch.sigmoid(x + x).mul(2).sub_(1)
+
+
 def mlp(n_in: int, hidden: tuple[int, ...], n_out: int, out_gain: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [_layer(n_in, width, np.sqrt(2)), nn.Tanh()]
+        layers += [_layer(n_in, width, np.sqrt(2)), Tanh()]
         n_in = width
     layers.append(_layer(n_in, n_out, out_gain))
     return nn.Sequential(*layers)
@@ -156,6 +169,30 @@ class ActorCritic(nn.Module):
         if deterministic:
             return dist.probs.argmax(-1) if isinstance(dist, Categorical) else dist.mean
         return dist.sample()
+
+    def sample(self, obs: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action, log pi(action|s, task)) sampled from the policy; for rollouts, without building a
+        ``Categorical`` per step (a quarter of a small policy's step time)."""
+        logits = self.actor(self.inputs(obs, task))
+        if self.continuous:
+            dist = self.distribution(logits)
+            action = dist.sample()
+            return action, self.log_prob(dist, action)
+        log_p = logits.log_softmax(-1)
+        action = torch.multinomial(log_p.exp(), 1)
+        return action.squeeze(-1), log_p.gather(-1, action).squeeze(-1)
+
+    def evaluate_actions(self, x: torch.Tensor,
+                         action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log pi(action|.), entropy of pi(.|.), V) on prepared ``inputs`` x: what a PPO minibatch needs, the task
+        encoding built once per update and no distribution object per minibatch."""
+        value = self.critic(x).squeeze(-1)
+        if self.continuous:
+            dist = self.distribution(self.actor(x))
+            return self.log_prob(dist, action), dist.entropy().sum(-1), value
+        log_p = self.actor(x).log_softmax(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return log_p.gather(-1, action[:, None]).squeeze(-1), entropy, value
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
         """The action as the env takes it (Gaussian samples clipped to the Box bounds)."""

