@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when it is missing
-# and install the package with every extra (highway-env, Meta-World, mo-gymnasium, Ray), so that every family
-# runs and the Ray executor is tested.
+# and install the package with every extra (highway-env, Meta-World, mo-gymnasium, Ray, Stable-Baselines3), so
+# that every family runs, the Ray executor is tested and `bench ppo` has its reference.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +14,7 @@ export RAY_AUTH_MODE ?= disabled
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,all]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,all,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)

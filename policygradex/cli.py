@@ -450,14 +450,53 @@ def bench_grouping_cmd(
     chosen = [f.strip() for f in families.split(",") if f.strip()]
     if unknown := [f for f in chosen if f not in GROUPING_FAMILIES]:
         raise _fail(f"unknown --families {unknown}; choose from {', '.join(GROUPING_FAMILIES)}")
+    _print_rows(bench_grouping(chosen, _seeds(seeds), n_tasks, quick, family_seed))
+
+
+@bench_app.command("routing")
+def bench_routing_cmd(
+    seeds: str = typer.Option("0-4", help="Seeds of the runs: a range 0-4 or a list 0,3,5."),
+    family_seed: int = typer.Option(0, help="Seed the cartpole family is drawn with (compare's)."),
+    quick: bool = typer.Option(False, help="The family's quick budgets (a smoke run)."),
+) -> None:
+    """Cartpole test tasks routed to a group of the other force direction, per seed and routing rule."""
+    from policygradex.experiments.bench import bench_routing
+
+    _print_rows(bench_routing(_seeds(seeds), family_seed, quick))
+
+
+def _seeds(text: str) -> list[int]:
+    """--seeds: a range like 0-9 or a list like 0,3,5."""
     try:
-        lo, _, hi = seeds.partition("-")
-        chosen_seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in seeds.split(",")]
+        lo, _, hi = text.partition("-")
+        chosen = list(range(int(lo), int(hi) + 1)) if hi else [int(s) for s in text.split(",")]
     except ValueError:
-        raise _fail(f"--seeds takes a range like 0-9 or a list like 0,3,5; got {seeds!r}") from None
-    if not chosen_seeds or min(chosen_seeds) < 0:
-        raise _fail(f"--seeds must name seeds >= 0; got {seeds!r}")
-    _print_rows(bench_grouping(chosen, chosen_seeds, n_tasks, quick, family_seed))
+        raise _fail(f"--seeds takes a range like 0-9 or a list like 0,3,5; got {text!r}") from None
+    if not chosen or min(chosen) < 0:
+        raise _fail(f"--seeds must name seeds >= 0; got {text!r}")
+    return chosen
+
+
+@bench_app.command("ppo")
+def bench_ppo_cmd(
+    envs: str = typer.Option("CartPole-v1,LunarLander-v3,reach-v3",
+                             help="Comma-separated; any of CartPole-v1, LunarLander-v3, reach-v3 (Meta-World)."),
+    seeds: str = typer.Option("0-2", help="Seeds: a range 0-2 or a list 0,3,5."),
+    steps: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="Environment steps per training; default per env (100k, 200k, 50k)."),
+    eval_episodes: int = typer.Option(10, help="Episodes of the final return."),
+) -> None:
+    """train_ppo against Stable-Baselines3's PPO: steps/s and final return at the same settings (bench extra)."""
+    from policygradex.experiments.bench import PPO_ENVS, bench_ppo
+
+    chosen = [e.strip() for e in envs.split(",") if e.strip()]
+    if unknown := [e for e in chosen if e not in PPO_ENVS]:
+        raise _fail(f"unknown --envs {unknown}; choose from {', '.join(PPO_ENVS)}")
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        raise _fail("bench ppo compares with Stable-Baselines3: pip install 'policygradex[bench]'") from None
+    _print_rows(bench_ppo(chosen, _seeds(seeds), steps, eval_episodes))
 
 
 def main() -> None:

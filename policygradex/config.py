@@ -199,8 +199,11 @@ class AdaptConfig:
     test_tasks: int = 50
     """Held-out test tasks evaluated (the first ones of the family's test split)."""
     route_steps: int = 256
-    """Steps of theta* on a test task for routing: the task goes to the group whose training tasks' projected
-    policy gradients at theta* point most nearly its way (mean cosine). Test returns are never looked at."""
+    """Steps of theta* on a test task, whose projected gradients decide the group it is routed to."""
+    route_rule: Literal["surrogate", "cosine"] = "surrogate"
+    """How a test task picks its group: 'surrogate' (the group whose stage-3 surrogate predicts the largest gain
+    on the test task's transitions) or 'cosine' (the highest mean cosine of mean projected gradients). Test
+    returns are never looked at."""
 
     def __post_init__(self) -> None:
         _check_choices(self)

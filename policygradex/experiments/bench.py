@@ -219,3 +219,145 @@ def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quic
                    "calibration_seconds": round(secs.get("calibration", 0.0) + secs.get("group", 0.0), 2),
                    "total_seconds": round(total, 2),
                    "groups": [[family.task_names[i] for i in g] for g in grouping.groups]}
+
+
+PPO_ENVS: dict[str, tuple[int, float]] = {
+    "CartPole-v1": (100_000, 2.5e-3),
+    "LunarLander-v3": (200_000, 3e-4),
+    "reach-v3": (50_000, 3e-4),
+}
+"""Environments of ``bench ppo`` -> (default steps, learning rate); reach-v3 is Meta-World's (the metaworld extra)."""
+
+
+def _ppo_env(name: str) -> Callable[[], Any]:
+    """A factory of the env: CartPole-v1 as the cartpole family's factory with CartPole-v1's constants (our
+    trainer then steps it batched; the same dynamics, tests/test_cartpole.py), the others through gymnasium."""
+    import functools
+
+    import gymnasium as gym
+
+    if name == "CartPole-v1":
+        from policygradex.tasks.cartpole import CartPoleFactory
+
+        return CartPoleFactory()
+    if name == "reach-v3":
+        from policygradex.tasks import meta_world
+
+        return functools.partial(meta_world.make_env, name, 0, 1, 0)
+    return functools.partial(gym.make, name)
+
+
+def _mean_return(act: Callable[[np.ndarray], Any], factory: Callable[[], Any], episodes: int, seed: int) -> float:
+    """Mean return of ``episodes`` episodes (seeds seed, seed+1, ...) acting with ``act(obs)``."""
+    env, total = factory(), 0.0
+    for e in range(episodes):
+        obs, _ = env.reset(seed=seed + e)
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(act(obs))
+            total += float(reward)
+            done = terminated or truncated
+    env.close()
+    return total / episodes
+
+
+def _ours(factory: Callable[[], Any], cfg: Any, seed: int) -> tuple[float, Callable[[np.ndarray], Any]]:
+    """Train with ``train_ppo``: (seconds, deterministic act(obs))."""
+    from policygradex.rl.ppo import train_ppo
+
+    probe = factory()
+    start = time.perf_counter()
+    policy = train_ppo([factory], probe.observation_space, probe.action_space, cfg, seed).policy
+    seconds = time.perf_counter() - start
+    probe.close()
+    task = torch.zeros(1, dtype=torch.long)
+
+    def act(obs: np.ndarray) -> Any:
+        with torch.no_grad():
+            a = policy.act(torch.as_tensor(obs, dtype=torch.float32)[None], task, deterministic=True)
+        return policy.env_action(a)[0]
+
+    return seconds, act
+
+
+def _sb3(factory: Callable[[], Any], cfg: Any, seed: int) -> tuple[float, Callable[[np.ndarray], Any]]:
+    """Train with Stable-Baselines3's PPO at ``cfg``'s settings: (seconds, deterministic act(obs))."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from torch import nn
+
+    lr = cfg.learning_rate
+    model = PPO("MlpPolicy", make_vec_env(factory, n_envs=cfg.envs_per_task, seed=seed),
+                learning_rate=lambda remaining: lr * remaining, n_steps=cfg.num_steps,
+                batch_size=cfg.envs_per_task * cfg.num_steps // cfg.num_minibatches, n_epochs=cfg.update_epochs,
+                gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_coef, ent_coef=cfg.ent_coef,
+                vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=seed, device="cpu",
+                policy_kwargs={"net_arch": {"pi": list(cfg.hidden_sizes), "vf": list(cfg.hidden_sizes)},
+                               "activation_fn": nn.Tanh})
+    start = time.perf_counter()
+    model.learn(total_timesteps=cfg.steps_per_task)
+    return time.perf_counter() - start, lambda obs: model.predict(obs, deterministic=True)[0]
+
+
+def bench_ppo(envs: list[str], seeds: list[int], steps: int | None = None,
+              eval_episodes: int = 10) -> Iterator[dict[str, Any]]:
+    """Our ``train_ppo`` against Stable-Baselines3's PPO (the ``bench`` extra), side by side in this process, at
+    the same hyper-parameters (8 envs x 128 steps, 4 epochs x 4 minibatches, separate 64x64 tanh actor and
+    critic, orthogonal init, lr annealed to 0, clip 0.2, entropy 0.01, one torch thread) and step count.
+    One row per env: environment steps per second of training (means over seeds), and the mean return of the
+    trained policies, deterministic, over the same ``eval_episodes`` seeded episodes."""
+    from policygradex.config import PPOConfig
+
+    for name in envs:
+        default_steps, lr = PPO_ENVS[name]
+        factory = _ppo_env(name)
+        cfg = PPOConfig(steps_per_task=steps or default_steps, envs_per_task=8, num_steps=128, learning_rate=lr,
+                        task_conditioned=False)
+        seconds: dict[str, list[float]] = {"ours": [], "sb3": []}
+        returns: dict[str, list[float]] = {"ours": [], "sb3": []}
+        with torch_threads(1):
+            for seed in seeds:
+                for who, train in (("ours", _ours), ("sb3", _sb3)):
+                    took, act = train(factory, cfg, seed)
+                    seconds[who].append(took)
+                    returns[who].append(round(_mean_return(act, factory, eval_episodes, 10_000), 1))
+        rate = {who: cfg.steps_per_task / float(np.mean(s)) for who, s in seconds.items()}
+        yield {"bench": "ppo", "env": name, "steps": cfg.steps_per_task, "seeds": seeds,
+               "steps_per_s": round(rate["ours"]), "sb3_steps_per_s": round(rate["sb3"]),
+               "ratio": round(rate["ours"] / rate["sb3"], 2), "final_return": round(float(np.mean(returns["ours"])), 1),
+               "sb3_final_return": round(float(np.mean(returns["sb3"])), 1), "final_returns": returns["ours"],
+               "sb3_final_returns": returns["sb3"]}
+
+
+def bench_routing(seeds: list[int], family_seed: int = 0, quick: bool = False) -> Iterator[dict[str, Any]]:
+    """Routing of the cartpole family's test tasks by each rule (``ROUTERS``), one row per seed of the run, the
+    family drawn with ``family_seed`` (as ``compare`` draws it): how many of the test tasks go to a group whose
+    training tasks mostly have the other force direction (misrouted), for PolicyGradEx's groups and the
+    gradient-similarity baseline's. Reads no returns; stages 1-4 at the family's defaults."""
+    import dataclasses
+
+    from policygradex.config import Config
+    from policygradex.experiments.groupings import ROUTERS, route
+    from policygradex.experiments.pipeline import Pipeline
+    from policygradex.tasks import make_family
+
+    family = make_family("cartpole", seed=family_seed)
+    train_rev = np.array([t.params["reversed"] for t in family.tasks])
+    for seed in seeds:
+        base = Config.for_family(family, quick)
+        cfg = dataclasses.replace(base, seed=seed,
+                                  downstream=dataclasses.replace(base.downstream, baselines=("gradient-similarity",)))
+        with Pipeline(family, cfg, None, progress=False) as pipe:
+            est = pipe.estimate()
+            groupings = pipe.groupings(pipe.group(est), est.affinity)
+            test, train = pipe.test_features(), pipe.features(pipe.meta_policy()).stats
+        test_rev = np.array([t.params["reversed"] for t in family.test_tasks[:test.n_tasks]])
+        row: dict[str, Any] = {"bench": "routing", "family": "cartpole", "family_seed": family_seed, "seed": seed,
+                               "test_tasks": int(test.n_tasks)}
+        for name, groups in groupings.items():
+            majority = [train_rev[g].mean() > 0.5 for g in groups]
+            row[f"{name}_k"] = len(groups)
+            for rule in ROUTERS.names():
+                to = route(rule, test, train, groups, cfg.estimate.ridge)
+                row[f"{name}_misrouted_{rule}"] = int(sum(majority[g] != r for g, r in zip(to, test_rev, strict=True)))
+        yield row

