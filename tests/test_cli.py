@@ -218,7 +218,8 @@ def test_help_shows_every_flag_in_full_at_80_columns(command):
 
 
 def test_top_level_and_group_help_fit_80_columns_uncut():
-    for command in ([], ["validate"], ["bench"], ["bench", "grouping"], ["tasks"]):
+    for command in ([], ["validate"], ["bench"], ["bench", "grouping"], ["bench", "ppo"], ["bench", "routing"],
+                    ["tasks"]):
         text = _help(*command)
         assert not _cut(text), command
     assert "train groups and baselines, report." in " ".join(_help().split())

@@ -7,7 +7,8 @@ import torch
 
 from policygradex.cluster.sdp import partition
 from policygradex.config import Config, ConfigError, DownstreamConfig, PPOConfig
-from policygradex.experiments.groupings import cosine_matrix, independent_groups, route
+from policygradex.estimate.store import GradientStore
+from policygradex.experiments.groupings import ROUTERS, cosine_matrix, independent_groups, route
 from policygradex.rl.policy import ActorCritic, load_policy, save_policy
 from policygradex.rl.ppo import train_ppo
 from policygradex.tasks import make_family
@@ -26,14 +27,49 @@ def test_gradient_similarity_recovers_clusters_of_gradient_directions():
     assert partition(sim, 3, 2.0).groups == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
 
 
-def test_route_sends_each_test_task_to_the_group_pointing_its_way():
+def _store(rng, betas, rows=400, d=12):
+    """A gradient store whose task t's rows follow the logistic model beta_t: y = sign(z beta_t + noise)."""
+    z = rng.normal(size=(len(betas) * rows, d)).astype(np.float32)
+    task = np.repeat(np.arange(len(betas)), rows)
+    margin = np.einsum("nd,nd->n", z, np.asarray(betas)[task]) + 0.5 * rng.normal(size=len(z))
+    y = np.where(margin >= 0, 1.0, -1.0).astype(np.float32)
+    holdout = np.tile(np.arange(rows) >= 0.75 * rows, len(betas))
+    return GradientStore({"z": z, "y": y, "w": np.ones(len(z), np.float32), "task": task, "holdout": holdout},
+                         len(betas))
+
+
+@pytest.mark.parametrize("rule", ROUTERS.names())
+def test_routing_sends_each_test_task_to_the_group_of_its_own_kind(rule):
+    """Three kinds of task (logistic models pointing three ways); test tasks of kinds 2, 0, 1 go to the groups
+    of their kind's training tasks, by either rule; one group takes everything."""
     rng = np.random.default_rng(1)
-    b = _clustered(rng, [3, 3, 3])
+    kinds = [rng.normal(size=12) for _ in range(3)]
+    train = _store(rng, [kinds[c] + 0.2 * rng.normal(size=12) for c in (0, 0, 0, 1, 1, 1, 2, 2, 2)])
+    test = _store(rng, [kinds[c] + 0.2 * rng.normal(size=12) for c in (2, 0, 1)], rows=200)
     groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
-    tests = b[[7, 1, 4]] + 0.1 * rng.normal(size=(3, b.shape[1]))
-    assert route(tests, b, groups) == [2, 0, 1]
-    assert route(tests, b, [list(range(9))]) == [0, 0, 0]
+    assert route(rule, test, train.stats, groups, ridge=1e-3) == [2, 0, 1]
+    assert route(rule, test, train.stats, [list(range(9))], ridge=1e-3) == [0, 0, 0]
     assert independent_groups(3) == [[0], [1], [2]]
+
+
+def test_surrogate_routing_is_the_argmax_of_stage_3_scores_on_the_test_tasks_rows():
+    """The surrogate's pick is the group whose one-Newton-step solution beta_G has the larger L(0) - L(beta_G)
+    on all of the test task's rows (fit and held-out), recomputed here by hand; a mixed test task too."""
+    from policygradex.estimate.surrogate import held_out_scores, newton_from_stats
+
+    rng = np.random.default_rng(4)
+    kinds = [rng.normal(size=12) for _ in range(2)]
+    train = _store(rng, [kinds[c] for c in (0, 0, 1, 1)])
+    test = _store(rng, [0.6 * kinds[0] + 0.4 * kinds[1], kinds[1]], rows=300)
+    groups = [[0, 1], [2, 3]]
+    member = np.array([[True, True, False, False], [False, False, True, True]])
+    betas = newton_from_stats(train.stats, member, 1e-3)
+    expected = []
+    for t in range(2):
+        z, y, w = (torch.as_tensor(getattr(test, k)[test.task == t]) for k in ("z", "y", "w"))
+        expected.append(int(np.argmax(held_out_scores(z, y.double(), w.double(), betas))))
+    assert route("surrogate", test, train.stats, groups, ridge=1e-3) == expected
+    assert expected[1] == 1
 
 
 def test_soft_modularization_routes_by_task_and_round_trips(tmp_path):

@@ -261,13 +261,16 @@ def _mean_return(act: Callable[[np.ndarray], Any], factory: Callable[[], Any], e
     return total / episodes
 
 
-def _ours(factory: Callable[[], Any], cfg: Any, seed: int) -> tuple[float, Callable[[np.ndarray], Any]]:
-    """Train with ``train_ppo``: (seconds, deterministic act(obs))."""
+def _ours(factory: Callable[[], Any], cfg: Any, seed: int,
+          processes: int = 1) -> tuple[float, Callable[[np.ndarray], Any]]:
+    """Train with ``train_ppo`` (``processes=2``: half of the env copies in a worker process, as stage 1 does
+    for a slow env): (seconds, deterministic act(obs))."""
     from policygradex.rl.ppo import train_ppo
 
     probe = factory()
     start = time.perf_counter()
-    policy = train_ppo([factory], probe.observation_space, probe.action_space, cfg, seed).policy
+    policy = train_ppo([factory], probe.observation_space, probe.action_space, cfg, seed,
+                       env_processes=processes).policy
     seconds = time.perf_counter() - start
     probe.close()
     task = torch.zeros(1, dtype=torch.long)
@@ -287,6 +290,7 @@ def _sb3(factory: Callable[[], Any], cfg: Any, seed: int) -> tuple[float, Callab
     from torch import nn
 
     lr = cfg.learning_rate
+    start = time.perf_counter()  # building the envs counts, as it does for ours
     model = PPO("MlpPolicy", make_vec_env(factory, n_envs=cfg.envs_per_task, seed=seed),
                 learning_rate=lambda remaining: lr * remaining, n_steps=cfg.num_steps,
                 batch_size=cfg.envs_per_task * cfg.num_steps // cfg.num_minibatches, n_epochs=cfg.update_epochs,
@@ -294,7 +298,6 @@ def _sb3(factory: Callable[[], Any], cfg: Any, seed: int) -> tuple[float, Callab
                 vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=seed, device="cpu",
                 policy_kwargs={"net_arch": {"pi": list(cfg.hidden_sizes), "vf": list(cfg.hidden_sizes)},
                                "activation_fn": nn.Tanh})
-    start = time.perf_counter()
     model.learn(total_timesteps=cfg.steps_per_task)
     return time.perf_counter() - start, lambda obs: model.predict(obs, deterministic=True)[0]
 
@@ -303,26 +306,32 @@ def bench_ppo(envs: list[str], seeds: list[int], steps: int | None = None,
               eval_episodes: int = 10) -> Iterator[dict[str, Any]]:
     """Our ``train_ppo`` against Stable-Baselines3's PPO (the ``bench`` extra), side by side in this process, at
     the same hyper-parameters (8 envs x 128 steps, 4 epochs x 4 minibatches, separate 64x64 tanh actor and
-    critic, orthogonal init, lr annealed to 0, clip 0.2, entropy 0.01, one torch thread) and step count.
+    critic, orthogonal init, lr annealed to 0, clip 0.2, entropy 0.01, one torch thread) and step count; each
+    trainer's time includes building its envs. Ours steps half of a slow env's copies in a second process, as
+    stage 1 does (``env_processes`` in the row); Stable-Baselines3 steps them in one (``DummyVecEnv``).
     One row per env: environment steps per second of training (means over seeds), and the mean return of the
     trained policies, deterministic, over the same ``eval_episodes`` seeded episodes."""
+    import functools
+
     from policygradex.config import PPOConfig
+    from policygradex.tasks.vector import env_processes
 
     for name in envs:
         default_steps, lr = PPO_ENVS[name]
         factory = _ppo_env(name)
         cfg = PPOConfig(steps_per_task=steps or default_steps, envs_per_task=8, num_steps=128, learning_rate=lr,
                         task_conditioned=False)
+        processes = env_processes(factory, cfg.envs_per_task, min(2, os.cpu_count() or 1))
         seconds: dict[str, list[float]] = {"ours": [], "sb3": []}
         returns: dict[str, list[float]] = {"ours": [], "sb3": []}
         with torch_threads(1):
             for seed in seeds:
-                for who, train in (("ours", _ours), ("sb3", _sb3)):
+                for who, train in (("ours", functools.partial(_ours, processes=processes)), ("sb3", _sb3)):
                     took, act = train(factory, cfg, seed)
                     seconds[who].append(took)
                     returns[who].append(round(_mean_return(act, factory, eval_episodes, 10_000), 1))
         rate = {who: cfg.steps_per_task / float(np.mean(s)) for who, s in seconds.items()}
-        yield {"bench": "ppo", "env": name, "steps": cfg.steps_per_task, "seeds": seeds,
+        yield {"bench": "ppo", "env": name, "steps": cfg.steps_per_task, "seeds": seeds, "env_processes": processes,
                "steps_per_s": round(rate["ours"]), "sb3_steps_per_s": round(rate["sb3"]),
                "ratio": round(rate["ours"] / rate["sb3"], 2), "final_return": round(float(np.mean(returns["ours"])), 1),
                "sb3_final_return": round(float(np.mean(returns["sb3"])), 1), "final_returns": returns["ours"],

@@ -51,6 +51,7 @@ from policygradex.rl.ppo import stopping_divergence, train_ppo
 from policygradex.rl.telemetry import summarize
 from policygradex.seeds import derive_seed
 from policygradex.tasks.family import TaskFamily
+from policygradex.tasks.vector import env_processes
 
 META_STATS = "tensorboard/meta_train/summary.json"
 """How theta*'s training ended (mean of each PPO statistic over its last 10% of updates)."""
@@ -163,11 +164,15 @@ class Pipeline:
         fam, ppo = self.family, self.cfg.meta
 
         def compute(_: Path | None) -> ActorCritic:
+            factories = fam.factories(range(fam.n_tasks))
+            # stage 1 runs alone: the worker processes' cores are free for half of a slow family's envs
+            local_cores = min(self.cfg.workers, os.cpu_count() or 1) if self.cfg.executor == "local" else 1
+            processes = env_processes(factories[0], fam.n_tasks * ppo.envs_per_task, local_cores)
             with (self.progress.stage("1/5 meta-train theta*", ppo.steps_per_task * fam.n_tasks) as advance,
                   stopping_divergence("meta-training theta* (stage 1)", "--meta-learning-rate")):
-                result = train_ppo(fam.factories(range(fam.n_tasks)), fam.observation_space, fam.action_space,
-                                   ppo, derive_seed(self.cfg.seed, "meta"), advance,
-                                   log_dir=self._log_dir("meta_train"))
+                result = train_ppo(factories, fam.observation_space, fam.action_space, ppo,
+                                   derive_seed(self.cfg.seed, "meta"), advance, log_dir=self._log_dir("meta_train"),
+                                   env_processes=processes)
             if self.folder:  # how theta*'s training ended, for metrics.json (a resumed run reads it back)
                 io.write_json(self.folder / META_STATS, summarize(result.stats))
             return result.policy

@@ -138,14 +138,18 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Bo
         except Diverged as exc:
             raise Diverged(f"{exc} at MAML iteration {it + 1} of {record.iterations} (learning rate "
                            f"{ppo.learning_rate:g}, inner step {adapt_cfg.inner_lr:g})") from None
-        with np.errstate(all="ignore"):  # a rollout may finish no episode: NaN, skipped
-            stats = {"outer_loss": torch.stack(losses).mean().item(),
-                     "support_return": float(np.nanmean(support_returns)),
-                     "query_return": float(np.nanmean(query_returns))}
+        stats = {"outer_loss": torch.stack(losses).mean().item(), "support_return": _nanmean(support_returns),
+                 "query_return": _nanmean(query_returns)}
         record.add(it, {f"task{j}": r for j, r in enumerate(query_returns)}, stats)
     for runner in runners:
         runner.close()
     return record.result(policy)
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values; NaN, without numpy's warning, when no rollout finished an episode."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def _outer_loss(policy: ActorCritic, batch: tuple, ppo: PPOConfig, adapt_cfg: AdaptConfig) -> torch.Tensor:

@@ -137,13 +137,14 @@ def adam(policy: nn.Module, learning_rate: float) -> torch.optim.Adam:
 def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box, action_space: ActionSpace,
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
               task_ids: Sequence[int] | None = None, arch: Arch = "mlp",
-              log_dir: str | Path | None = None) -> TrainResult:
+              log_dir: str | Path | None = None, env_processes: int = 1) -> TrainResult:
     """Train one policy on the tasks behind ``factories``.
 
     By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in
     place) and ``task_ids``, each factory's task index in that policy's task space. ``arch`` picks the
     network of a new policy ('mlp' or 'softmod', see policy.py). With ``log_dir``, every update's statistics
-    and each task's episode return go to a TensorBoard event file there (``rl/telemetry.py``).
+    and each task's episode return go to a TensorBoard event file there (``rl/telemetry.py``). With
+    ``env_processes=2`` half of the envs step in a worker process (slow envs; the results do not change).
     """
     n_tasks = len(factories)
     torch.manual_seed(seed)
@@ -154,7 +155,8 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     ids = np.asarray(task_ids if task_ids is not None else range(n_tasks))
     optimizer = adam(policy, cfg.learning_rate)
     local = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
-    runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma)
+    runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma,
+                        processes=env_processes)
     record = TrainingRecord(cfg.steps_per_task, cfg.num_steps * cfg.envs_per_task, n_tasks, progress, log_dir)
     for it in range(record.iterations):
         record.anneal(optimizer, cfg.learning_rate, it)

@@ -65,11 +65,12 @@ def standardize(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 
 class TaskRunner:
     """A vectorised env whose env ``e`` runs task ``task[e]``; keeps its state between rollouts. ``seed``: one
-    seed for all (env e is reset with seed + e, gymnasium's rule) or one per env."""
+    seed for all (env e is reset with seed + e, gymnasium's rule) or one per env. ``processes=2`` steps half of
+    the envs in a worker process (``tasks/vector.py``), with the same results."""
 
     def __init__(self, factories: Sequence[EnvFactory], task: Sequence[int] | np.ndarray, seed: int | Sequence[int],
-                 gamma: float) -> None:
-        self.envs = make_vector_env(factories)
+                 gamma: float, processes: int = 1) -> None:
+        self.envs = make_vector_env(factories, processes)
         self.task = torch.as_tensor(np.asarray(task), dtype=torch.long)
         self.gamma = gamma
         obs, _ = self.envs.reset(seed=seed if isinstance(seed, int) else list(seed))

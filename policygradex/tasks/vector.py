@@ -1,5 +1,5 @@
 """One vectorised env for a list of env factories: the factories' own batched implementation where they share
-one, else gymnasium's ``SyncVectorEnv``.
+one, else gymnasium's ``SyncVectorEnv``, or two of them, one in a worker process (``ShardedVectorEnv``).
 
 Every rollout here relies on same-step autoreset: the step that ends an episode returns the next episode's
 first observation, with the last one in ``info["final_obs"]`` (masked by ``info["_final_obs"]``). A factory
@@ -33,10 +33,131 @@ class VectorEnv(Protocol):
     def close(self) -> None: ...
 
 
-def make_vector_env(factories: Sequence[EnvFactory]) -> VectorEnv:
-    """The factories' envs, stepped together."""
+SHARD_ABOVE = 100e-6
+"""A second process pays off when the envs it would take over cost more than this per step together (seconds):
+above the price of sending actions and observations across a pipe each step (measured here: about 50 us)."""
+
+
+def env_processes(factory: EnvFactory, n_envs: int, available: int, probe_steps: int = 64) -> int:
+    """2 when a second process would step half of ``n_envs`` envs like ``factory``'s faster than the pipe costs,
+    else 1: never for a batched family (its whole step costs microseconds), nor with fewer than 2 processes
+    ``available``. Times ``probe_steps`` random-action steps of one env."""
+    import time
+
+    if available < 2 or n_envs < 2 or hasattr(type(factory), "make_vector"):
+        return 1
+    env = factory()
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    actions = [env.action_space.sample() for _ in range(probe_steps)]
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            env.reset()
+    per_step = (time.perf_counter() - start) / probe_steps
+    env.close()
+    return 2 if per_step * (n_envs // 2) > SHARD_ABOVE else 1
+
+
+def make_vector_env(factories: Sequence[EnvFactory], processes: int = 1) -> VectorEnv:
+    """The factories' envs, stepped together: batched where their class has ``make_vector``, else in this
+    process, or with ``processes=2`` half of them in a worker process (``ShardedVectorEnv``; for slow envs)."""
     kinds = {type(f) for f in factories}
     batched = getattr(next(iter(kinds)), "make_vector", None) if len(kinds) == 1 else None
     if batched is not None:
         return cast(VectorEnv, batched(list(factories)))
+    if processes > 1 and len(factories) > 1:
+        return ShardedVectorEnv(factories)
     return cast(VectorEnv, gym.vector.SyncVectorEnv(list(factories), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP))
+
+
+def _shard_worker(conn: Any, blob: bytes) -> None:
+    """A worker process's loop: build its envs, then answer ("reset", seeds) and ("step", actions) until
+    ("close", None). A failure is sent back as ("error", traceback) for the main process to raise."""
+    import traceback
+
+    import cloudpickle
+
+    try:
+        envs = gym.vector.SyncVectorEnv(cloudpickle.loads(blob), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        conn.send(("ok", None))
+        while True:
+            command, arg = conn.recv()
+            if command == "close":
+                envs.close()
+                return
+            conn.send(("ok", envs.reset(seed=arg) if command == "reset" else envs.step(arg)))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+
+
+def _merge_info(a: dict[str, Any], b: dict[str, Any], n_a: int, n_b: int) -> dict[str, Any]:
+    """Two vector infos (gymnasium's layout: per key an array over envs, ``_key`` its mask, dicts nested) as
+    one over the n_a + n_b envs; a key only one side has is masked out on the other."""
+    out: dict[str, Any] = {}
+    for key in a.keys() | b.keys():
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) or isinstance(vb, dict):
+            out[key] = _merge_info(va or {}, vb or {}, n_a, n_b)
+            continue
+        ref = np.asarray(va if va is not None else vb)
+        pad = {n: np.zeros(n, dtype=ref.dtype) if ref.dtype != object else np.full(n, None) for n in (n_a, n_b)}
+        out[key] = np.concatenate([np.asarray(va) if va is not None else pad[n_a],
+                                   np.asarray(vb) if vb is not None else pad[n_b]])
+    return out
+
+
+class ShardedVectorEnv:
+    """The factories' envs in two halves stepped at once: the first here, the second in a worker process. An
+    env that costs far more than a policy step (Box2D, MuJoCo, highway) then runs on two cores. Every env is
+    the same gymnasium env with the same seed as in ``SyncVectorEnv``, so results are the same to the bit."""
+
+    def __init__(self, factories: Sequence[EnvFactory]) -> None:
+        import multiprocessing as mp
+
+        import cloudpickle
+
+        from policygradex.parallel import _main_not_rerun
+
+        self.num_envs = len(factories)
+        self.cut = (self.num_envs + 1) // 2
+        self.conn, child = mp.get_context("spawn").Pipe()
+        with _main_not_rerun():  # the worker builds its envs while this process builds its own
+            self.proc = mp.get_context("spawn").Process(
+                target=_shard_worker, args=(child, cloudpickle.dumps(list(factories[self.cut:]))), daemon=True)
+            self.proc.start()
+        child.close()
+        self.local = gym.vector.SyncVectorEnv(list(factories[:self.cut]),
+                                              autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self._receive()
+
+    def _receive(self) -> Any:
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError("the env worker process ended unexpectedly") from None
+        if status == "error":
+            raise RuntimeError(f"an env in the worker process failed:\n{value}")
+        return value
+
+    def reset(self, *, seed: int | Sequence[int] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        seeds = [seed + e for e in range(self.num_envs)] if isinstance(seed, int) else seed
+        self.conn.send(("reset", None if seeds is None else list(seeds[self.cut:])))
+        obs, info = self.local.reset(seed=None if seeds is None else list(seeds[:self.cut]), options=options)
+        obs_b, info_b = self._receive()
+        return np.concatenate([obs, obs_b]), _merge_info(info, info_b, self.cut, self.num_envs - self.cut)
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self.conn.send(("step", actions[self.cut:]))
+        here = self.local.step(actions[:self.cut])
+        there = self._receive()
+        merged = [np.concatenate([x, y]) for x, y in zip(here[:4], there[:4], strict=True)]
+        return (*merged, _merge_info(here[4], there[4], self.cut, self.num_envs - self.cut))  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            self.conn.send(("close", None))
+            self.proc.join(timeout=10)
+        self.local.close()

@@ -1,0 +1,33 @@
+"""`bench ppo` and `bench routing` at tiny budgets: their rows hold what they promise."""
+
+import json
+
+from typer.testing import CliRunner
+
+from policygradex.cli import app
+from policygradex.experiments.bench import bench_ppo
+
+
+def test_bench_ppo_trains_both_and_reports_rates_and_returns():
+    (row,) = bench_ppo(["CartPole-v1"], [0], steps=2048, eval_episodes=2)
+    assert row["env"] == "CartPole-v1" and row["steps"] == 2048
+    assert row["steps_per_s"] > 0 and row["sb3_steps_per_s"] > 0
+    assert abs(row["ratio"] - row["steps_per_s"] / row["sb3_steps_per_s"]) < 0.02 * row["ratio"] + 0.01
+    for key in ("final_returns", "sb3_final_returns"):  # CartPole: 1 to 500 per episode
+        assert len(row[key]) == 1 and 1 <= row[key][0] <= 500
+
+
+def test_bench_ppo_refuses_an_unknown_env():
+    res = CliRunner().invoke(app, ["bench", "ppo", "--envs", "Pong-v5"])
+    assert res.exit_code == 2 and "CartPole-v1" in res.output
+
+
+def test_bench_routing_counts_misrouted_test_tasks_per_rule():
+    res = CliRunner().invoke(app, ["bench", "routing", "--seeds", "0", "--quick"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.output.strip().splitlines()[-1])
+    n = row["test_tasks"]
+    for grouping in ("policygradex", "gradient-similarity"):
+        assert 1 <= row[f"{grouping}_k"] <= 4
+        for rule in ("surrogate", "cosine"):
+            assert 0 <= row[f"{grouping}_misrouted_{rule}"] <= n
