@@ -66,5 +66,23 @@ def test_a_second_process_only_for_slow_envs():
     cartpole = make_family("cartpole", n_tasks=2, seed=0)
     assert env_processes(cartpole.tasks[0].make, 20, 2) == 1  # batched: microseconds a step
     assert env_processes(functools.partial(gym.make, "CartPole-v1"), 20, 1) == 1  # no second core
-    slow = functools.partial(gym.make, "LunarLander-v3")
-    assert env_processes(slow, 20, 2) == 2 and env_processes(slow, 1, 2) == 1
+    assert env_processes(functools.partial(gym.make, "CartPole-v1"), 20, 2) == 1  # ~10 us a step: the pipe costs more
+    slow = functools.partial(_SlowEnv)
+    assert env_processes(slow, 8, 2) == 2 and env_processes(slow, 1, 2) == 1
+
+
+class _SlowEnv(gym.Env):
+    """An env whose step takes 1 ms, as a simulator's might."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        import time
+
+        time.sleep(1e-3)
+        return np.zeros(2, np.float32), 0.0, False, False, {}
