@@ -4,10 +4,11 @@ The docstring under each field is the help text of its CLI option (``policygrade
 the CLI is generated from these classes, never written twice. ``Config.quick()`` is the tiny
 preset used by tests and ``--quick``.
 
-A choice between implementations (trainer, solver, projector, executor) is a ``Literal[...]`` field: every
-section checks its Literal fields the same way (``_check_choices``), and the names are those of the registry
-that holds the implementations (``TRAINERS`` in rl/trainers.py, ``SOLVERS`` in estimate/surrogate.py,
-``PROJECTORS`` in estimate/projection.py, ``EXECUTORS`` in parallel.py; tests/test_registry.py keeps them equal).
+A choice between implementations (trainer, solver, projector, executor, routing rule) is a ``Literal[...]``
+field: every section checks its Literal fields the same way (``_check_choices``), and the names are those of
+the registry that holds the implementations (``TRAINERS`` in rl/trainers.py, ``SOLVERS`` in
+estimate/surrogate.py, ``PROJECTORS`` in estimate/projection.py, ``EXECUTORS`` in parallel.py, ``ROUTERS`` in
+experiments/groupings.py; tests/test_registry.py keeps them equal).
 """
 
 from __future__ import annotations

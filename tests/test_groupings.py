@@ -27,13 +27,13 @@ def test_gradient_similarity_recovers_clusters_of_gradient_directions():
     assert partition(sim, 3, 2.0).groups == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]]
 
 
-def _store(rng, betas, rows=400, d=12):
+def _store(rng, betas, rows=400, d=12, held_out=0.25):
     """A gradient store whose task t's rows follow the logistic model beta_t: y = sign(z beta_t + noise)."""
     z = rng.normal(size=(len(betas) * rows, d)).astype(np.float32)
     task = np.repeat(np.arange(len(betas)), rows)
     margin = np.einsum("nd,nd->n", z, np.asarray(betas)[task]) + 0.5 * rng.normal(size=len(z))
     y = np.where(margin >= 0, 1.0, -1.0).astype(np.float32)
-    holdout = np.tile(np.arange(rows) >= 0.75 * rows, len(betas))
+    holdout = np.tile(np.arange(rows) >= (1 - held_out) * rows, len(betas))
     return GradientStore({"z": z, "y": y, "w": np.ones(len(z), np.float32), "task": task, "holdout": holdout},
                          len(betas))
 
@@ -48,6 +48,8 @@ def test_routing_sends_each_test_task_to_the_group_of_its_own_kind(rule):
     test = _store(rng, [kinds[c] + 0.2 * rng.normal(size=12) for c in (2, 0, 1)], rows=200)
     groups = [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     assert route(rule, test, train.stats, groups, ridge=1e-3) == [2, 0, 1]
+    no_holdout = _store(np.random.default_rng(2), [kinds[c] for c in (2, 0, 1)], rows=200, held_out=0.0)
+    assert route(rule, no_holdout, train.stats, groups, ridge=1e-3) == [2, 0, 1]  # every row a fit row
     assert route(rule, test, train.stats, [list(range(9))], ridge=1e-3) == [0, 0, 0]
     assert independent_groups(3) == [[0], [1], [2]]
 

@@ -10,12 +10,13 @@ import torch
 from typer.testing import CliRunner
 
 from policygradex.cli import app, flag_for
-from policygradex.config import Config, DownstreamConfig, EstimateConfig, literal_choices, with_overrides
+from policygradex.config import AdaptConfig, Config, DownstreamConfig, EstimateConfig, literal_choices, with_overrides
 from policygradex.errors import ConfigError
 from policygradex.estimate import surrogate
 from policygradex.estimate.projection import PROJECTORS
 from policygradex.estimate.surrogate import SOLVERS, solve_subsets
 from policygradex.experiments import downstream as stage5
+from policygradex.experiments.groupings import ROUTERS
 from policygradex.parallel import EXECUTORS, make_executor
 from policygradex.registry import Registry
 from policygradex.rl.policy import ARCHS, ActorCritic, Arch
@@ -25,7 +26,8 @@ from policygradex.tasks import make_family
 
 # (registry, the config section class holding its field, the field)
 BOUND = [(TRAINERS, DownstreamConfig, "trainer"), (SOLVERS, EstimateConfig, "solver"),
-         (PROJECTORS, EstimateConfig, "projector"), (EXECUTORS, Config, "executor")]
+         (PROJECTORS, EstimateConfig, "projector"), (EXECUTORS, Config, "executor"),
+         (ROUTERS, AdaptConfig, "route_rule")]
 ALL = [r for r, _, _ in BOUND] + [ARCHS]
 
 

@@ -43,6 +43,18 @@ def test_sharded_env_steps_exactly_as_one_process():
     assert not two.proc.is_alive()
 
 
+def _broken():
+    raise ValueError("this env cannot be built")
+
+
+def test_a_failing_env_in_the_worker_is_reported_and_the_worker_released():
+    import pytest
+
+    factories = [functools.partial(gym.make, "CartPole-v1"), _broken]
+    with pytest.raises(RuntimeError, match="cannot be built"):
+        make_vector_env(factories, processes=2)
+
+
 def test_merge_info_masks_what_one_half_lacks():
     a = {"success": np.array([1.0, 0.0]), "_success": np.array([True, True])}
     b = {"final_info": {"success": np.array([1.0]), "_success": np.array([True])}}

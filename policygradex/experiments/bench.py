@@ -341,8 +341,9 @@ def bench_ppo(envs: list[str], seeds: list[int], steps: int | None = None,
 def bench_routing(seeds: list[int], family_seed: int = 0, quick: bool = False) -> Iterator[dict[str, Any]]:
     """Routing of the cartpole family's test tasks by each rule (``ROUTERS``), one row per seed of the run, the
     family drawn with ``family_seed`` (as ``compare`` draws it): how many of the test tasks go to a group whose
-    training tasks mostly have the other force direction (misrouted), for PolicyGradEx's groups and the
-    gradient-similarity baseline's. Reads no returns; stages 1-4 at the family's defaults."""
+    training tasks mostly have the other force direction (misrouted; a group of exactly half reversed tasks
+    counts as forward), for PolicyGradEx's groups and the gradient-similarity baseline's. Reads no returns;
+    stages 1-4 at the family's defaults."""
     import dataclasses
 
     from policygradex.config import Config

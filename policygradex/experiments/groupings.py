@@ -54,10 +54,11 @@ def route_by_surrogate(test: GradientStore, train: TaskStats, groups: list[list[
     for j, g in enumerate(groups):
         member[j, g] = True
     betas = newton_from_stats(train, member, ridge)
+    task = test.read("task")
     scores = []
     for t in range(test.n_tasks):
-        fit, held = test.rows(t, holdout=False), test.rows(t, holdout=True)
-        rows = slice(min(fit.start, held.start), max(fit.stop, held.stop))
+        idx = np.flatnonzero(task == t)  # fit and held-out rows alike: a task's rows are contiguous
+        rows = slice(int(idx[0]), int(idx[-1]) + 1)
         z = torch.as_tensor(test.read("z", rows))
         y, w = (torch.as_tensor(test.read(k, rows), dtype=torch.float64) for k in ("y", "w"))
         scores.append(held_out_scores(z, y, w, betas))

@@ -151,11 +151,11 @@ class Pipeline:
         # A stage may run the stages it depends on (surrogate -> features -> meta_train): keep its own time.
         self.seconds[name] = time.perf_counter() - start - (self._inner_seconds - inner_before)
         self._inner_seconds += self.seconds[name]
-        if self.folder and path is not None:
+        if path is not None:  # a run folder's
             if save is not None:
                 save(value, path)
-            self.folder.seal(sealed or artifact)
-            self.folder.record_time(name, self.seconds[name])
+            self.run_folder.seal(sealed or artifact)
+            self.run_folder.record_time(name, self.seconds[name])
         self._values[name] = value
         return value
 

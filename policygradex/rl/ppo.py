@@ -158,19 +158,21 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma,
                         processes=env_processes)
     record = TrainingRecord(cfg.steps_per_task, cfg.num_steps * cfg.envs_per_task, n_tasks, progress, log_dir)
-    for it in range(record.iterations):
-        record.anneal(optimizer, cfg.learning_rate, it)
-        rollout = runner.collect(policy, cfg.num_steps)
-        try:
-            stats = ppo_update(policy, optimizer, rollout, cfg, generator)
-            check_finite(policy)
-        except Diverged as exc:
-            raise Diverged(f"{exc} at update {it + 1} of {record.iterations} (learning rate "
-                           f"{cfg.learning_rate:g})") from None
-        returns = _mean_return_per_task(rollout, ids)
-        record.add(it, {f"task{int(t)}": r for t, r in zip(ids, returns, strict=True)},
-                   {**stats, "learning_rate": optimizer.param_groups[0]["lr"]})
-    runner.close()
+    try:  # the envs (and an env worker process) are released whatever happens
+        for it in range(record.iterations):
+            record.anneal(optimizer, cfg.learning_rate, it)
+            rollout = runner.collect(policy, cfg.num_steps)
+            try:
+                stats = ppo_update(policy, optimizer, rollout, cfg, generator)
+                check_finite(policy)
+            except Diverged as exc:
+                raise Diverged(f"{exc} at update {it + 1} of {record.iterations} (learning rate "
+                               f"{cfg.learning_rate:g})") from None
+            returns = _mean_return_per_task(rollout, ids)
+            record.add(it, {f"task{int(t)}": r for t, r in zip(ids, returns, strict=True)},
+                       {**stats, "learning_rate": optimizer.param_groups[0]["lr"]})
+    finally:
+        runner.close()
     return record.result(policy)
 
 

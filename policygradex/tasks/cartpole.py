@@ -93,15 +93,25 @@ class CartPoleBatch(gym.vector.VectorEnv):
         self.elapsed = np.zeros(n, dtype=np.int64)
         self.rngs = [seeding.np_random()[0] for _ in range(n)]
 
-    def reset(self, *, seed: int | Sequence[int] | None = None,
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        if options is not None:
+            raise ValueError("CartPoleBatch.reset takes no options (CartPole's reset bounds stay +-0.05)")
         if seed is not None:
             seeds = [seed + e for e in range(self.num_envs)] if isinstance(seed, int) else list(seed)
-            self.rngs = [seeding.np_random(s)[0] for s in seeds]
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
+            for e, s in enumerate(seeds):  # None keeps the env's generator, as gymnasium does
+                if s is not None:
+                    self.rngs[e] = seeding.np_random(s)[0]
         for e in range(self.num_envs):
-            self.state[e] = self.rngs[e].uniform(-0.05, 0.05, size=4)
+            self._draw_state(e)
         self.elapsed[:] = 0
         return self.state.astype(np.float32), {}
+
+    def _draw_state(self, e: int) -> None:
+        """A new episode's state for env e, from its own generator (gymnasium's CartPole draw)."""
+        self.state[e] = self.rngs[e].uniform(-0.05, 0.05, size=4)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         x, x_dot, theta, theta_dot = self.state.T
@@ -119,9 +129,11 @@ class CartPoleBatch(gym.vector.VectorEnv):
         obs = self.state.astype(np.float32)
         info: dict[str, Any] = {}
         if (done := terminated | truncated).any():
-            info = {"final_obs": obs.copy(), "_final_obs": done, "final_info": {}, "_final_info": done}
+            # final_obs: a dense (n, 4) array (rows of unfinished envs are their current observation), where
+            # SyncVectorEnv gives an object array; callers read the rows _final_obs marks
+            info = {"final_obs": obs.copy(), "_final_obs": done, "final_info": {}, "_final_info": done.copy()}
             for e in np.flatnonzero(done):
-                self.state[e] = self.rngs[e].uniform(-0.05, 0.05, size=4)
+                self._draw_state(int(e))
             self.elapsed[done] = 0
             obs[done] = self.state[done]
         return obs, np.ones(self.num_envs), terminated, truncated, info

@@ -71,7 +71,11 @@ def make_vector_env(factories: Sequence[EnvFactory], processes: int = 1) -> Vect
         return cast(VectorEnv, batched(list(factories)))
     if processes > 1 and len(factories) > 1:
         return ShardedVectorEnv(factories)
-    return cast(VectorEnv, gym.vector.SyncVectorEnv(list(factories), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP))
+    return cast(VectorEnv, _sync(factories))
+
+
+def _sync(factories: Sequence[EnvFactory]) -> gym.vector.SyncVectorEnv:
+    return gym.vector.SyncVectorEnv(list(factories), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
 def _shard_worker(conn: Any, blob: bytes) -> None:
@@ -82,7 +86,7 @@ def _shard_worker(conn: Any, blob: bytes) -> None:
     import cloudpickle
 
     try:
-        envs = gym.vector.SyncVectorEnv(cloudpickle.loads(blob), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        envs = _sync(cloudpickle.loads(blob))
         conn.send(("ok", None))
         while True:
             command, arg = conn.recv()
@@ -104,7 +108,8 @@ def _merge_info(a: dict[str, Any], b: dict[str, Any], n_a: int, n_b: int) -> dic
             out[key] = _merge_info(va or {}, vb or {}, n_a, n_b)
             continue
         ref = np.asarray(va if va is not None else vb)
-        pad = {n: np.zeros(n, dtype=ref.dtype) if ref.dtype != object else np.full(n, None) for n in (n_a, n_b)}
+        fill = None if ref.dtype == object else 0
+        pad = {n: np.full((n, *ref.shape[1:]), fill, dtype=ref.dtype) for n in (n_a, n_b)}
         out[key] = np.concatenate([np.asarray(va) if va is not None else pad[n_a],
                                    np.asarray(vb) if vb is not None else pad[n_b]])
     return out
@@ -125,14 +130,18 @@ class ShardedVectorEnv:
         self.num_envs = len(factories)
         self.cut = (self.num_envs + 1) // 2
         self.conn, child = mp.get_context("spawn").Pipe()
-        with _main_not_rerun():  # the worker builds its envs while this process builds its own
+        with _main_not_rerun():  # the worker must not re-run the user's script (parallel.py says why)
             self.proc = mp.get_context("spawn").Process(
                 target=_shard_worker, args=(child, cloudpickle.dumps(list(factories[self.cut:]))), daemon=True)
             self.proc.start()
         child.close()
-        self.local = gym.vector.SyncVectorEnv(list(factories[:self.cut]),
-                                              autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-        self._receive()
+        self.local: gym.vector.SyncVectorEnv | None = None
+        try:  # the local half is built while the worker builds its own
+            self.local = _sync(factories[:self.cut])
+            self._receive()
+        except BaseException:
+            self.close()
+            raise
 
     def _receive(self) -> Any:
         try:
@@ -145,21 +154,40 @@ class ShardedVectorEnv:
 
     def reset(self, *, seed: int | Sequence[int] | None = None,
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        if options is not None:
+            raise ValueError("ShardedVectorEnv.reset takes no options")
         seeds = [seed + e for e in range(self.num_envs)] if isinstance(seed, int) else seed
-        self.conn.send(("reset", None if seeds is None else list(seeds[self.cut:])))
-        obs, info = self.local.reset(seed=None if seeds is None else list(seeds[:self.cut]), options=options)
-        obs_b, info_b = self._receive()
-        return np.concatenate([obs, obs_b]), _merge_info(info, info_b, self.cut, self.num_envs - self.cut)
+        return self._both("reset", None if seeds is None else list(seeds))
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        self.conn.send(("step", actions[self.cut:]))
-        here = self.local.step(actions[:self.cut])
+        return self._both("step", actions)
+
+    def _both(self, command: str, arg: Any) -> Any:
+        """``command`` on both halves at once: the worker's half sent first, this process's stepped meanwhile,
+        the results joined in env order."""
+        assert self.local is not None, "this ShardedVectorEnv is closed"
+        self.conn.send((command, None if arg is None else arg[self.cut:]))
+        try:
+            here = (self.local.reset(seed=None if arg is None else list(arg[:self.cut])) if command == "reset"
+                    else self.local.step(arg[:self.cut]))
+        except BaseException:
+            self.close()  # the worker's reply would otherwise answer the next call
+            raise
         there = self._receive()
-        merged = [np.concatenate([x, y]) for x, y in zip(here[:4], there[:4], strict=True)]
-        return (*merged, _merge_info(here[4], there[4], self.cut, self.num_envs - self.cut))  # type: ignore[return-value]
+        arrays = [np.concatenate([x, y]) for x, y in zip(here[:-1], there[:-1], strict=True)]
+        return (*arrays, _merge_info(here[-1], there[-1], self.cut, self.num_envs - self.cut))
 
     def close(self) -> None:
-        if self.proc.is_alive():
-            self.conn.send(("close", None))
-            self.proc.join(timeout=10)
-        self.local.close()
+        try:
+            if self.proc.is_alive():
+                self.conn.send(("close", None))
+                self.proc.join(timeout=10)
+        except OSError:  # the worker is gone already
+            pass
+        finally:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.conn.close()
+            if self.local is not None:
+                self.local.close()
+                self.local = None
