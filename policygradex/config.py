@@ -154,9 +154,10 @@ GROUPINGS = ("single", "random", "gradient-similarity", "independent")
 class DownstreamConfig:
     """Stages 5-6: one policy per group, evaluated per task, against baselines."""
 
-    trainer: Literal["ppo", "softmod", "maml"] = "ppo"
+    trainer: Literal["ppo", "softmod", "maml", "pcgrad"] = "ppo"
     """Group trainer: 'ppo' (multi-task PPO, task-conditioned MLP), 'softmod' (PPO on a Soft Modularization
-    network, Yang et al. 2020) or 'maml' (Finn et al. 2017; meta-RL, a policy without task ids)."""
+    network, Yang et al. 2020), 'maml' (Finn et al. 2017; meta-RL, a policy without task ids) or 'pcgrad'
+    (multi-task PPO with PCGrad's gradient surgery between tasks, Yu et al. 2020)."""
     protocol: Literal["multi-task", "meta"] = "multi-task"
     """'multi-task': evaluate each group's policy on its own training tasks. 'meta': adapt on the family's
     held-out test tasks (see the adapt section), each routed to one group, then evaluate."""

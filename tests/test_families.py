@@ -52,7 +52,8 @@ def test_quick_run_end_to_end(name, n, tmp_path):
 
 
 @pytest.mark.parametrize("seed,options", [(0, []), (1, []), (2, []),
-                                          (0, ["--estimate-projector", "gaussian", "--estimate-solver", "exact"])])
+                                          (0, ["--estimate-projector", "gaussian", "--estimate-solver", "exact"]),
+                                          (1, ["--downstream-trainer", "pcgrad"])])
 def test_planted_quick_run_recovers_the_true_groups(seed, options, tmp_path):
     result = CliRunner().invoke(app, ["run", "--family", "planted", "--quick", "--no-progress", "--seed", str(seed),
                                       "--out", str(tmp_path / "run"), *options])

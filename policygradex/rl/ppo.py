@@ -15,6 +15,7 @@ from torch import nn
 
 from policygradex.config import PPOConfig
 from policygradex.errors import PGXError
+from policygradex.rl.pcgrad import pcgrad_backward
 from policygradex.rl.policy import ActorCritic, Arch
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
 from policygradex.rl.telemetry import ScalarWriter
@@ -90,8 +91,9 @@ class TrainingRecord:
 
 
 def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
-               cfg: PPOConfig, generator: torch.Generator) -> dict[str, float]:
-    """Clipped-surrogate PPO update on one rollout (CleanRL's ``ppo.py``, multi-task inputs)."""
+               cfg: PPOConfig, generator: torch.Generator, gradient_surgery: bool = False) -> dict[str, float]:
+    """Clipped-surrogate PPO update on one rollout (CleanRL's ``ppo.py``, multi-task inputs). With
+    ``gradient_surgery``, each minibatch's gradient is PCGrad's combination of its tasks' own (rl/pcgrad.py)."""
     advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, rollout.last_value,
                                       cfg.gamma, cfg.gae_lambda)
     b_obs, b_task, b_actions = rollout.flat()
@@ -109,14 +111,20 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: R
             logratio = logprob - b_logprobs[mb]
             ratio = logratio.exp()
             adv = standardize(b_adv[mb])
-            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
-            v_loss = 0.5 * (value - b_returns[mb]).pow(2).mean()
-            entropy = entropy_mb.mean()
+            pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef))
+            v_sq = (value - b_returns[mb]).pow(2)
+            pg_loss, v_loss, entropy = pg.mean(), 0.5 * v_sq.mean(), entropy_mb.mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
             if not torch.isfinite(loss):
                 raise Diverged("the PPO loss became non-finite")
             optimizer.zero_grad()
-            loss.backward()
+            if gradient_surgery:  # the same loss, one per task of the minibatch
+                tasks = b_task[mb]
+                pcgrad_backward(policy, [pg[m].mean() - cfg.ent_coef * entropy_mb[m].mean()
+                                         + cfg.vf_coef * 0.5 * v_sq[m].mean()
+                                         for m in (tasks == t for t in tasks.unique())], generator)
+            else:
+                loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
             with torch.no_grad():  # kept as tensors: one sync per update, not per minibatch
@@ -137,7 +145,8 @@ def adam(policy: nn.Module, learning_rate: float) -> torch.optim.Adam:
 def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box, action_space: ActionSpace,
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
               task_ids: Sequence[int] | None = None, arch: Arch = "mlp",
-              log_dir: str | Path | None = None, env_processes: int = 1) -> TrainResult:
+              log_dir: str | Path | None = None, env_processes: int = 1,
+              gradient_surgery: bool = False) -> TrainResult:
     """Train one policy on the tasks behind ``factories``.
 
     By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in
@@ -145,6 +154,7 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     network of a new policy ('mlp' or 'softmod', see policy.py). With ``log_dir``, every update's statistics
     and each task's episode return go to a TensorBoard event file there (``rl/telemetry.py``). With
     ``env_processes=2`` half of the envs step in a worker process (slow envs; the results do not change).
+    ``gradient_surgery`` combines the tasks' gradients by PCGrad (rl/pcgrad.py).
     """
     n_tasks = len(factories)
     torch.manual_seed(seed)
@@ -163,7 +173,7 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
             record.anneal(optimizer, cfg.learning_rate, it)
             rollout = runner.collect(policy, cfg.num_steps)
             try:
-                stats = ppo_update(policy, optimizer, rollout, cfg, generator)
+                stats = ppo_update(policy, optimizer, rollout, cfg, generator, gradient_surgery)
                 check_finite(policy)
             except Diverged as exc:
                 raise Diverged(f"{exc} at update {it + 1} of {record.iterations} (learning rate "

@@ -29,11 +29,11 @@ class Trainer:
     """The settings the error asks to lower when this training diverges."""
 
 
-def _train_ppo(job: GroupJob, arch: Arch) -> TrainResult:
+def _train_ppo(job: GroupJob, arch: Arch, gradient_surgery: bool = False) -> TrainResult:
     """Multi-task PPO. Under the meta protocol without task ids: the held-out test tasks it adapts to have none."""
     ppo = job.ppo if job.downstream.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
     return train_ppo(job.factories, job.family.observation_space, job.family.action_space, ppo, job.seed, arch=arch,
-                     log_dir=job.log_dir)
+                     log_dir=job.log_dir, gradient_surgery=gradient_surgery)
 
 
 def ppo_group(job: GroupJob) -> TrainResult:
@@ -44,6 +44,11 @@ def ppo_group(job: GroupJob) -> TrainResult:
 def softmod_group(job: GroupJob) -> TrainResult:
     """Multi-task PPO on a Soft Modularization network (Yang et al. 2020)."""
     return _train_ppo(job, "softmod")
+
+
+def pcgrad_group(job: GroupJob) -> TrainResult:
+    """Multi-task PPO with PCGrad's gradient surgery between the group's tasks (Yu et al. 2020, rl/pcgrad.py)."""
+    return _train_ppo(job, "mlp", gradient_surgery=True)
 
 
 def maml_group(job: GroupJob) -> TrainResult:
@@ -60,4 +65,5 @@ TRAINERS: Registry[Trainer] = Registry("downstream.trainer", {
     "ppo": Trainer(ppo_group),
     "softmod": Trainer(softmod_group),
     "maml": Trainer(maml_group, lower="--train-learning-rate or --adapt-inner-lr"),
+    "pcgrad": Trainer(pcgrad_group),
 })
