@@ -154,10 +154,11 @@ GROUPINGS = ("single", "random", "gradient-similarity", "independent")
 class DownstreamConfig:
     """Stages 5-6: one policy per group, evaluated per task, against baselines."""
 
-    trainer: Literal["ppo", "softmod", "maml", "pcgrad"] = "ppo"
+    trainer: Literal["ppo", "softmod", "maml", "pcgrad", "paco"] = "ppo"
     """Group trainer: 'ppo' (multi-task PPO, task-conditioned MLP), 'softmod' (PPO on a Soft Modularization
-    network, Yang et al. 2020), 'maml' (Finn et al. 2017; meta-RL, a policy without task ids) or 'pcgrad'
-    (multi-task PPO with PCGrad's gradient surgery between tasks, Yu et al. 2020)."""
+    network, Yang et al. 2020), 'maml' (Finn et al. 2017; meta-RL, a policy without task ids), 'pcgrad'
+    (multi-task PPO with PCGrad's gradient surgery between tasks, Yu et al. 2020) or 'paco' (PPO on a
+    parameter-compositional network, Sun et al. 2022)."""
     protocol: Literal["multi-task", "meta"] = "multi-task"
     """'multi-task': evaluate each group's policy on its own training tasks. 'meta': adapt on the family's
     held-out test tasks (see the adapt section), each routed to one group, then evaluate."""
@@ -286,8 +287,13 @@ class Config:
         _positive(self, "workers")
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError("ray_address", "needs the ray executor (--executor ray)")
-        if self.downstream.trainer == "softmod" and not self.train.task_conditioned:
-            raise ConfigError("train.task_conditioned", "must be on for the softmod trainer, which routes by task id")
+        for trainer in ("softmod", "paco"):  # both pick their network's path by the task id
+            if self.downstream.trainer == trainer and not self.train.task_conditioned:
+                raise ConfigError("train.task_conditioned", f"must be on for the {trainer} trainer, which reads the "
+                                  "task id")
+        if self.downstream.trainer == "paco" and self.downstream.protocol != "multi-task":
+            raise ConfigError("downstream.protocol", "must be 'multi-task' for the paco trainer (a held-out test "
+                              "task has no composition of its own)")
         if self.downstream.trainer == "maml" and self.downstream.protocol != "meta":
             raise ConfigError("downstream.protocol", "must be 'meta' for the maml trainer (it meta-trains to adapt)")
 

@@ -63,7 +63,7 @@ def test_config_checks_every_literal_field_the_same_way():
 def test_unknown_names_outside_the_config_are_config_errors_too():
     with pytest.raises(ConfigError, match="executor must be one of local, ray; got 'dask'"):
         make_executor("dask", 1)
-    with pytest.raises(ConfigError, match="arch must be one of mlp, softmod; got 'cnn'"):
+    with pytest.raises(ConfigError, match="arch must be one of mlp, softmod, paco; got 'cnn'"):
         ActorCritic(4, gym.spaces.Discrete(2), 2, arch="cnn")
 
 
@@ -80,9 +80,9 @@ def test_added_entry_is_found_in_a_copy_only():
         raise AssertionError("not called")
 
     extended = TRAINERS.copy()
-    extended.add("paco", Trainer(dummy))
-    assert extended.get("paco").train is dummy and extended.names()[-1] == "paco"
-    assert "paco" not in TRAINERS
+    extended.add("care", Trainer(dummy))
+    assert extended.get("care").train is dummy and extended.names()[-1] == "care"
+    assert "care" not in TRAINERS
     with pytest.raises(ValueError, match="registered already"):
         extended.add("ppo", Trainer(dummy))
 

@@ -1,8 +1,9 @@
 """Task-conditioned actor-critic: separate networks for pi(a|s, task) and V(s, task), as in CleanRL's PPO.
 
-Two architectures: ``mlp`` (the default, and always theta*'s) and ``softmod``, Soft Modularization (Yang et
-al. 2020). The mlp actor is a plain ``nn.Sequential`` of ``Linear`` and ``Tanh`` layers: the gradient-feature
-code walks its ``Linear`` layers to build per-sample gradients without materialising them.
+Three architectures: ``mlp`` (the default, and always theta*'s), ``softmod``, Soft Modularization (Yang et
+al. 2020), and ``paco``, parameter-compositional (Sun et al. 2022, rl/paco.py). The mlp actor is a plain
+``nn.Sequential`` of ``Linear`` and ``Tanh`` layers: the gradient-feature code walks its ``Linear`` layers to
+build per-sample gradients without materialising them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
 from policygradex.registry import Registry
+from policygradex.rl.paco import paco_net
 from policygradex.tasks.family import ActionSpace
 
 
@@ -101,7 +103,7 @@ def softmod_net(obs_dim: int, n_tasks: int, task_conditioned: bool, hidden: tupl
     return SoftModularNet(obs_dim, n_tasks, n_out, hidden[0], len(hidden), out_gain)
 
 
-Arch = Literal["mlp", "softmod"]
+Arch = Literal["mlp", "softmod", "paco"]
 NetBuilder = Callable[[int, int, bool, tuple[int, ...], int, float], nn.Module]
 """(obs_dim, n_tasks, task_conditioned, hidden_sizes, n_out, out_gain) -> the actor's or the critic's network,
 reading ``ActorCritic.inputs`` (the observation, then the one-hot task id when task-conditioned)."""
@@ -111,6 +113,7 @@ reading ``ActorCritic.inputs`` (the observation, then the one-hot task id when t
 ARCHS: Registry[NetBuilder] = Registry("arch", {
     "mlp": mlp_net,
     "softmod": softmod_net,
+    "paco": paco_net,
 })
 
 

@@ -46,6 +46,11 @@ def softmod_group(job: GroupJob) -> TrainResult:
     return _train_ppo(job, "softmod")
 
 
+def paco_group(job: GroupJob) -> TrainResult:
+    """Multi-task PPO on a PaCo network: K shared parameter sets, one learned composition per task (rl/paco.py)."""
+    return _train_ppo(job, "paco")
+
+
 def pcgrad_group(job: GroupJob) -> TrainResult:
     """Multi-task PPO with PCGrad's gradient surgery between the group's tasks (Yu et al. 2020, rl/pcgrad.py)."""
     return _train_ppo(job, "mlp", gradient_surgery=True)
@@ -66,4 +71,5 @@ TRAINERS: Registry[Trainer] = Registry("downstream.trainer", {
     "softmod": Trainer(softmod_group),
     "maml": Trainer(maml_group, lower="--train-learning-rate or --adapt-inner-lr"),
     "pcgrad": Trainer(pcgrad_group),
+    "paco": Trainer(paco_group),
 })
