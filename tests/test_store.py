@@ -71,3 +71,38 @@ def test_million_transition_store_stays_under_two_gigabytes(tmp_path):
     assert result["rows"] == 1_000_000 and result["d"] == 400 and result["finite_scores"]
     assert result["bytes_on_disk"] > 1_600_000_000
     assert result["peak_rss_mb"] < 2048, result
+
+
+def test_held_out_tasks_reach_a_task_conditioned_policy_without_a_task_id():
+    """Features of tasks the policy was not trained on (``unseen``): the policy sees no task id, not the id of
+    the training task that shares their index. So they do not depend on the policy's task-id weights at all
+    (zeroed: the same features), their rollouts are those of a policy blind to ids (the same labels and
+    weights), and they differ from what the ids would give; the store keeps the tasks' own indices."""
+    import copy
+
+    from policygradex.config import EstimateConfig, PPOConfig
+    from policygradex.estimate.features import collect_features
+    from policygradex.estimate.projection import make_projector
+    from policygradex.rl.policy import ActorCritic
+    from policygradex.tasks.cartpole import CartPoleFactory
+
+    torch.manual_seed(0)
+    factories = [CartPoleFactory(), CartPoleFactory(length=0.8), CartPoleFactory(reversed=True)]
+    env = factories[0]()
+    policy = ActorCritic(4, env.action_space, n_tasks=2, hidden_sizes=(8,), task_conditioned=True)
+    blind = copy.deepcopy(policy)
+    with torch.no_grad():
+        for net in (blind.actor, blind.critic):
+            net[0].weight[:, 4:] = 0  # the one-hot columns of the first layer
+    cfg, ppo = EstimateConfig(transitions_per_task=64, proj_dim=16), PPOConfig()
+
+    def features(p, unseen):
+        return collect_features(p, factories, make_projector("factored", p, 16, 0), cfg, ppo, 5, unseen=unseen)
+
+    unseen, seen = features(policy, True), features(policy, False)
+    np.testing.assert_array_equal(unseen.z, features(blind, True).z)
+    blind_seen = features(blind, False)
+    for column in ("y", "w"):
+        np.testing.assert_array_equal(getattr(unseen, column), getattr(blind_seen, column))
+    assert not np.array_equal(unseen.w, seen.w)  # with ids, tasks 0 and 1 would be read as training tasks
+    np.testing.assert_array_equal(unseen.task, np.repeat([0, 1, 2], 64))

@@ -48,13 +48,17 @@ class ChunkFeatureJob:
     batch_size: int = 4096
     device: str = "cpu"
     """Where the gradients are projected (the rollout itself stays on the CPU, fastest for small policies)."""
+    unseen: bool = False
+    """The tasks are new to the policy (held-out test tasks): it sees them with no task id (an all-zero
+    one-hot), never with the id of the training task that shares their index."""
 
 
 def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
     """Roll out theta* for ``transitions_per_task`` steps of every task of the chunk, one env per task (task
     i's env seeded from (seed, i)), and turn every transition into its row (z, y, w, task, holdout), task-major."""
     cfg, steps = job.cfg, job.cfg.transitions_per_task
-    runner = TaskRunner(job.factories, job.tasks, seed=[derive_seed(job.seed, i) for i in job.tasks],
+    policy_ids = [job.policy.n_tasks] * len(job.tasks) if job.unseen else job.tasks
+    runner = TaskRunner(job.factories, policy_ids, seed=[derive_seed(job.seed, i) for i in job.tasks],
                         gamma=job.ppo.gamma)
     roll = runner.collect(job.policy, steps, seed=derive_seed(job.seed, "actions", job.tasks[0]))
     runner.close()
@@ -64,11 +68,12 @@ def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
     # (steps, envs) -> task-major rows: all of task tasks[0]'s steps in order, then the next task's.
     obs, actions, a = (x.transpose(0, 1).reshape(steps * len(job.tasks), *x.shape[2:])
                        for x in (roll.obs, roll.actions, adv))
-    task = roll.task.repeat_interleave(steps)
+    seen_as = roll.task.repeat_interleave(steps)  # the ids the policy saw; the store keeps the tasks' own
+    task = torch.as_tensor(job.tasks).repeat_interleave(steps)
     dev = torch.device(job.device)
     policy = job.policy if dev.type == "cpu" else copy.deepcopy(job.policy).to(dev)
-    z = torch.cat([job.projector.features(policy, obs[sl].to(dev), task[sl].to(dev), actions[sl].to(dev)).detach().cpu()
-                   for sl in (slice(s, s + job.batch_size) for s in range(0, len(obs), job.batch_size))])
+    z = torch.cat([job.projector.features(policy, obs[sl].to(dev), seen_as[sl].to(dev), actions[sl].to(dev)).detach()
+                   .cpu() for sl in (slice(s, s + job.batch_size) for s in range(0, len(obs), job.batch_size))])
     advantage = a.numpy()
     holdout = np.arange(steps) >= int(round(steps * (1 - cfg.holdout_fraction)))
     return {"z": z.numpy(), "y": np.where(advantage >= 0, 1.0, -1.0), "w": np.abs(advantage), "task": task.numpy(),
@@ -78,13 +83,14 @@ def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
 def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], projector: Projector, cfg: EstimateConfig,
                      ppo: PPOConfig, seed: int, path: str | Path | None = None,
                      executor: Executor | None = None, progress: Callable[[int], None] | None = None,
-                     device: str = "cpu") -> GradientStore:
+                     device: str = "cpu", unseen: bool = False) -> GradientStore:
     """``cfg.transitions_per_task`` transitions per task (one per factory) at theta*, GAE advantages from
     theta*'s critic, projected gradients streamed into a store (on disk at ``path``, else in memory). Chunks
     of ``CHUNK_TASKS`` tasks are independent items of ``executor`` (in this process when there is one chunk or
     fewer than ``IN_PROCESS_BELOW`` transitions, or no executor); seeds derive
     from (seed, task), so the store does not depend on the executor or its workers. ``progress`` counts tasks;
-    ``device`` is where the gradients are projected.
+    ``device`` is where the gradients are projected; ``unseen``: tasks the policy was not trained on (the
+    held-out test tasks), which a task-conditioned policy then sees with no task id.
 
     Advantages are standardised per task (``cfg.standardize_advantages``): a critic shared by all tasks is
     biased per task, and that bias, not the action's quality, would otherwise decide sign(A). The last
@@ -94,8 +100,8 @@ def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], proje
     n, steps = len(factories), cfg.transitions_per_task
     writer = GradientStore.create(path, n * steps, projector.dim, n)
     chunks = [c.tolist() for c in np.array_split(np.arange(n), -(-n // CHUNK_TASKS))]
-    jobs = [ChunkFeatureJob(policy, [factories[i] for i in c], c, projector, cfg, ppo, seed, device=device)
-            for c in chunks]
+    jobs = [ChunkFeatureJob(policy, [factories[i] for i in c], c, projector, cfg, ppo, seed, device=device,
+                            unseen=unseen) for c in chunks]
 
     def write(j: int, rows: dict[str, np.ndarray]) -> None:  # task-major rows, as each chunk arrives
         writer.write(chunks[j][0] * steps, **rows)

@@ -289,7 +289,7 @@ class Pipeline:
             route_cfg = dataclasses.replace(est, transitions_per_task=adapt_cfg.route_steps)
             return collect_features(policy, factories, projector, route_cfg, self.cfg.meta,
                                     derive_seed(self.cfg.seed, "route"), folder, self.executor,
-                                    device=str(self.device))
+                                    device=str(self.device), unseen=True)
 
         return self._stage("route", "test_store", compute, GradientStore.open)
 
