@@ -132,16 +132,16 @@ class Pipeline:
 
     # -- caching -------------------------------------------------------------------------------------
     def _stage(self, name: str, artifact: str, compute: Callable[[Path | None], A], load: Callable[[Path], A],
-               save: Callable[[A, Path], None] | None = None, sealed: str | None = None) -> A:
-        """The stage's value: loaded from ``artifact`` when it is there and matches its checksum (``sealed`` names
-        what the checksum covers, default the artifact), else computed and sealed.
+               save: Callable[[A, Path], None] | None = None) -> A:
+        """The stage's value: loaded from ``artifact`` (a file or a folder of the run folder) when it is there and
+        matches its checksum, else computed and sealed.
 
         ``compute`` gets the artifact's path (None without a run folder). A stage that streams its artifact
         (the features) writes it there itself; the others return their value and ``save`` writes it."""
         if name in self._values:  # asked again by a later stage of this pipeline
             return self._values[name]
         path = self.folder / artifact if self.folder else None
-        if self.folder and (value := self.folder.reuse(artifact, load, self.progress.warn, sealed)) is not MISSING:
+        if self.folder and (value := self.folder.reuse(artifact, load, self.progress.warn)) is not MISSING:
             self.progress.note(f"[dim]{name}: reusing {path}[/dim]")
             self._values[name] = value
             return value
@@ -154,7 +154,7 @@ class Pipeline:
         if path is not None:  # a run folder's
             if save is not None:
                 save(value, path)
-            self.run_folder.seal(sealed or artifact)
+            self.run_folder.seal(artifact)
             self.run_folder.record_time(name, self.seconds[name])
         self._values[name] = value
         return value

@@ -135,21 +135,19 @@ class RunFolder:
             return "does not match its checksum (truncated or damaged)"
         return None
 
-    def reuse(self, artifact: str, read: Callable[[Path], A], warn: Callable[[str], None],
-              sealed: str | None = None) -> A | _Missing:
-        """``read`` of the artifact if it is there and ``sealed`` (what its checksum covers, default the artifact)
-        matches its checksum, else ``MISSING``. A damaged or unreadable artifact is reported through ``warn``,
-        never used."""
-        path, sealed = self.path / artifact, sealed or artifact
+    def reuse(self, artifact: str, read: Callable[[Path], A], warn: Callable[[str], None]) -> A | _Missing:
+        """``read`` of the artifact (a file or a folder) if it is there and matches its checksum, else
+        ``MISSING``. A damaged or unreadable artifact is reported through ``warn``, never used."""
+        path = self.path / artifact
         if not path.exists():
             return MISSING
-        problem = self.verify(sealed)
+        problem = self.verify(artifact)
         if problem is None:
             try:
                 return read(path)
             except Exception as exc:  # unreadable although sealed
                 problem = f"is unreadable ({type(exc).__name__})"
-        warn(f"{self.path / sealed} {problem}; recomputing it")
+        warn(f"{path} {problem}; recomputing it")
         return MISSING
 
     def _checksums(self) -> dict[str, str]:
