@@ -92,8 +92,8 @@ class TaskRunner:
         obs = torch.zeros((num_steps + 1, n_envs, *self.obs.shape[1:]))  # the last row: what follows the rollout
         actions, logprobs = [], []
         rewards, dones = np.zeros((num_steps, n_envs), np.float32), np.zeros((num_steps, n_envs), np.float32)
-        cut_obs: list[np.ndarray] = []
-        cut_at: list[tuple[int, np.ndarray]] = []
+        cut = np.zeros((num_steps, n_envs), dtype=bool)  # episodes cut off by a time limit: bootstrapped below
+        cut_obs: list[np.ndarray] = []  # their final observations, in the order np.nonzero(cut) lists them
         finished: list[tuple[int, float]] = []
         for t in range(num_steps):
             obs[t] = self.obs
@@ -103,9 +103,9 @@ class TaskRunner:
             next_obs, reward, terminated, truncated, info = self.envs.step(policy.env_action(action))
             rewards[t] = reward
             self.running_return += reward
-            if len(cut := np.flatnonzero(truncated & ~terminated)):  # cut-off episodes: bootstrapped below
-                cut_obs.append(np.stack(info["final_obs"][cut]))
-                cut_at.append((t, cut))
+            cut[t] = truncated & ~terminated
+            if cut[t].any():
+                cut_obs.append(np.stack(info["final_obs"][cut[t]]))
             done = terminated | truncated
             for e in np.flatnonzero(done):
                 finished.append((int(self.task[e]), float(self.running_return[e])))
@@ -116,11 +116,9 @@ class TaskRunner:
         # The critic once over the whole rollout, not once a step: the values do not depend on the sampling.
         values = policy.value(obs.flatten(0, 1), self.task.repeat(num_steps + 1)).reshape(num_steps + 1, n_envs)
         reward_t = torch.as_tensor(rewards)
-        if cut_at:
-            final = policy.value(torch.as_tensor(np.concatenate(cut_obs), dtype=torch.float32),
-                                 self.task[np.concatenate([e for _, e in cut_at])])
-            t_of = torch.as_tensor(np.concatenate([np.full(len(e), t) for t, e in cut_at]))
-            e_of = torch.as_tensor(np.concatenate([e for _, e in cut_at]))
+        if cut_obs:
+            t_of, e_of = (torch.as_tensor(i) for i in np.nonzero(cut))
+            final = policy.value(torch.as_tensor(np.concatenate(cut_obs), dtype=torch.float32), self.task[e_of])
             reward_t[t_of, e_of] += self.gamma * final
         return Rollout(obs[:num_steps], torch.stack(actions), torch.stack(logprobs), reward_t, torch.as_tensor(dones),
                        values[:num_steps], values[num_steps], self.task, finished)

@@ -26,6 +26,7 @@ from gymnasium.vector.utils import batch_space
 from gymnasium.wrappers import TimeLimit
 
 from policygradex.tasks.family import Task, TaskFamily, draw_params
+from policygradex.tasks.vector import env_seeds
 
 RANGES: dict[str, tuple[float, float]] = {
     "length": (0.3, 1.0),  # half the pole's length (m); CartPole-v1: 0.5
@@ -97,8 +98,7 @@ class CartPoleBatch(gym.vector.VectorEnv):
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         if options is not None:
             raise ValueError("CartPoleBatch.reset takes no options (CartPole's reset bounds stay +-0.05)")
-        if seed is not None:
-            seeds = [seed + e for e in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+        if (seeds := env_seeds(seed, self.num_envs)) is not None:
             if len(seeds) != self.num_envs:
                 raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
             for e, s in enumerate(seeds):  # None keeps the env's generator, as gymnasium does

@@ -33,6 +33,13 @@ class VectorEnv(Protocol):
     def close(self) -> None: ...
 
 
+def env_seeds(seed: int | Sequence[int | None] | None, n_envs: int) -> list[int | None] | None:
+    """Per-env reset seeds by gymnasium's rule: one int seeds env e with seed + e; a list gives each env its own."""
+    if seed is None:
+        return None
+    return [seed + e for e in range(n_envs)] if isinstance(seed, int) else list(seed)
+
+
 SHARD_ABOVE = 300e-6
 """A second process pays off when the envs it would take over cost more than this per step together (seconds):
 well above the price of sending actions and observations across a pipe and back each step, about 130 us
@@ -129,9 +136,10 @@ class ShardedVectorEnv:
 
         self.num_envs = len(factories)
         self.cut = (self.num_envs + 1) // 2
-        self.conn, child = mp.get_context("spawn").Pipe()
+        spawn = mp.get_context("spawn")
+        self.conn, child = spawn.Pipe()
         with _main_not_rerun():  # the worker must not re-run the user's script (parallel.py says why)
-            self.proc = mp.get_context("spawn").Process(
+            self.proc = spawn.Process(
                 target=_shard_worker, args=(child, cloudpickle.dumps(list(factories[self.cut:]))), daemon=True)
             self.proc.start()
         child.close()
@@ -156,8 +164,7 @@ class ShardedVectorEnv:
               options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         if options is not None:
             raise ValueError("ShardedVectorEnv.reset takes no options")
-        seeds = [seed + e for e in range(self.num_envs)] if isinstance(seed, int) else seed
-        return self._both("reset", None if seeds is None else list(seeds))
+        return self._both("reset", env_seeds(seed, self.num_envs))
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         return self._both("step", actions)
