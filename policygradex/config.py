@@ -148,17 +148,21 @@ class ClusterConfig:
 EXECUTION = ("workers", "executor", "ray_address", "device")
 """Top-level settings that say where work runs; results never depend on them."""
 GROUPINGS = ("single", "random", "gradient-similarity", "independent")
+TrainerName = Literal["ppo", "softmod", "maml", "pcgrad", "paco", "care"]
+MULTI_TASK_TRAINERS = ("ppo", "softmod", "paco", "care", "pcgrad")
+"""The multi-task optimisers ``compare`` trains as baselines of their own (``trainer_baselines``)."""
 
 
 @dataclass
 class DownstreamConfig:
     """Stages 5-6: one policy per group, evaluated per task, against baselines."""
 
-    trainer: Literal["ppo", "softmod", "maml", "pcgrad", "paco"] = "ppo"
+    trainer: TrainerName = "ppo"
     """Group trainer: 'ppo' (multi-task PPO, task-conditioned MLP), 'softmod' (PPO on a Soft Modularization
     network, Yang et al. 2020), 'maml' (Finn et al. 2017; meta-RL, a policy without task ids), 'pcgrad'
-    (multi-task PPO with PCGrad's gradient surgery between tasks, Yu et al. 2020) or 'paco' (PPO on a
-    parameter-compositional network, Sun et al. 2022)."""
+    (multi-task PPO with PCGrad's gradient surgery between tasks, Yu et al. 2020), 'paco' (PPO on a
+    parameter-compositional network, Sun et al. 2022) or 'care' (PPO on a mixture of encoders attending to
+    the task's metadata, Sodhani et al. 2021)."""
     protocol: Literal["multi-task", "meta"] = "multi-task"
     """'multi-task': evaluate each group's policy on its own training tasks. 'meta': adapt on the family's
     held-out test tasks (see the adapt section), each routed to one group, then evaluate."""
@@ -172,6 +176,11 @@ class DownstreamConfig:
     'independent' (k = n)."""
     ablate_k: tuple[int, ...] = ()
     """Also train PolicyGradEx's affinity partitioned into exactly these numbers of groups (``compare``: 1,2,3,4)."""
+    trainer_baselines: tuple[str, ...] = ()
+    """Multi-task optimisers trained on every task as one policy (k = 1), each a row of its own (``compare``:
+    ppo, softmod, paco, care, pcgrad). They run under the multi-task protocol, evaluated on the training tasks,
+    whatever ``protocol`` says; under the meta protocol PolicyGradEx's groups are then also trained by
+    multi-task PPO and evaluated the same way (row 'policygradex-mt'), so that they have a comparison."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -179,6 +188,10 @@ class DownstreamConfig:
         unknown = set(self.baselines) - set(GROUPINGS)
         if unknown:
             raise ConfigError("baselines", f"has unknown {sorted(unknown)}; choose from {', '.join(GROUPINGS)}")
+        unknown = set(self.trainer_baselines) - set(MULTI_TASK_TRAINERS)
+        if unknown:
+            raise ConfigError("trainer_baselines", f"has unknown {sorted(unknown)}; choose from "
+                              f"{', '.join(MULTI_TASK_TRAINERS)}")
         if self.ablate_k and min(self.ablate_k) < 1:
             raise ConfigError("ablate_k", "lists numbers of groups, each at least 1")
 
@@ -287,13 +300,13 @@ class Config:
         _positive(self, "workers")
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError("ray_address", "needs the ray executor (--executor ray)")
-        for trainer in ("softmod", "paco"):  # both pick their network's path by the task id
+        for trainer in ("softmod", "paco", "care"):  # each picks its network's path by the task id
             if self.downstream.trainer == trainer and not self.train.task_conditioned:
                 raise ConfigError("train.task_conditioned", f"must be on for the {trainer} trainer, which reads the "
                                   "task id")
-        if self.downstream.trainer == "paco" and self.downstream.protocol != "multi-task":
-            raise ConfigError("downstream.protocol", "must be 'multi-task' for the paco trainer (a held-out test "
-                              "task has no composition of its own)")
+        if self.downstream.trainer in ("paco", "care") and self.downstream.protocol != "multi-task":
+            raise ConfigError("downstream.protocol", f"must be 'multi-task' for the {self.downstream.trainer} "
+                              "trainer (the meta protocol adapts a policy without task inputs to held-out tasks)")
         if self.downstream.trainer == "maml" and self.downstream.protocol != "meta":
             raise ConfigError("downstream.protocol", "must be 'meta' for the maml trainer (it meta-trains to adapt)")
 

@@ -24,7 +24,8 @@ def test_results_json_holds_every_grouping_over_the_seeds(compared):
     res = json.loads((out / "results.json").read_text())
     assert res["family"] == "planted" and res["seeds"] == [0, 1] and res["budget_steps_per_task"] == 1_024
     expected = {"single", "random", "gradient-similarity", "independent", "policygradex",
-                "policygradex-k1", "policygradex-k2", "policygradex-k3", "policygradex-k4"}
+                "policygradex-k1", "policygradex-k2", "policygradex-k3", "policygradex-k4",
+                "ppo", "softmod", "paco", "care", "pcgrad"}  # the multi-task optimisers, k = 1 each
     assert set(res["methods"]) == expected
     for m in res["methods"].values():
         assert np.isclose(m["mean"], np.mean(m["per_seed"])) and np.isclose(m["std"], np.std(m["per_seed"], ddof=1))
@@ -32,6 +33,8 @@ def test_results_json_holds_every_grouping_over_the_seeds(compared):
     assert res["methods"]["single"]["k"] == [1, 1] and res["methods"]["independent"]["k"] == [6, 6]
     assert [res["methods"][f"policygradex-k{k}"]["k"] for k in (1, 2, 3, 4)] == [[1, 1], [2, 2], [3, 3], [4, 4]]
     assert res["methods"]["policygradex-k1"]["per_seed"] == res["methods"]["single"]["per_seed"]  # trained once
+    assert res["methods"]["ppo"]["per_seed"] == res["methods"]["single"]["per_seed"]  # planted's own trainer: ppo
+    assert all(res["methods"][m]["k"] == [1, 1] for m in ("softmod", "paco", "care", "pcgrad"))
     assert res["methods"]["random"]["k"] == res["methods"]["policygradex"]["k"]
     pgx = res["methods"]["policygradex"]["mean"]
     for name, gain in res["gains"].items():
@@ -43,6 +46,7 @@ def test_compare_writes_tables_and_curves_and_resumes(compared):
     out, output = compared
     report = (out / "report.md").read_text()
     assert "PolicyGradEx gain" in report and "Ablation: number of groups k" in report and "± " in report
+    assert "Multi-task optimisers" in report and "CARE (k=1)" in report and "PaCo (k=1)" in report
     assert (out / "figures/curves.png").stat().st_size > 1000 and (out / "report.html").is_file()
     assert (out / "seed-0/groups.json").is_file() and (out / "seed-1/report.md").is_file()
     assert "PolicyGradEx" in output

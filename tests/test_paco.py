@@ -47,3 +47,36 @@ def test_paco_ppo_learns_a_forward_and_a_reversed_cartpole():
     policy = train_ppo(factories, env.observation_space, env.action_space, cfg, 3, arch="paco").policy
     returns = evaluate(policy, factories, episodes=5, seed=0, deterministic=False).returns
     assert np.all(returns > 60), returns
+
+
+def test_mask_out_leaves_a_diverging_task_out_and_resets_its_composition():
+    """PaCo's stabilisers: task 2's value loss is far above the others', so its samples do not enter the update
+    and its w becomes the mean of the others' (actor and critic)."""
+    from policygradex.rl.paco import MaskOut
+    from policygradex.rl.policy import ActorCritic
+    from policygradex.rl.ppo import adam, ppo_update
+    from policygradex.rl.rollout import Rollout
+
+    torch.manual_seed(0)
+    env = CartPoleFactory()()
+    policy = ActorCritic(4, env.action_space, 3, (8, 8), True, "paco")
+    steps, task = 16, torch.tensor([0, 1, 2, 0, 1, 2])
+    obs = torch.randn(steps, 6, 4)
+    with torch.no_grad():
+        values = policy.value(obs, task.expand(steps, 6))
+    rewards = torch.ones(steps, 6)
+    rewards[:, [2, 5]] = 1e4  # task 2's returns are far from its values
+    rollout = Rollout(obs, torch.randint(0, 2, (steps, 6)), torch.full((steps, 6), -0.69), rewards,
+                      torch.zeros(steps, 6), values, torch.zeros(6), task)
+    seen = []
+    policy.evaluate_actions = lambda x, a, f=policy.evaluate_actions: seen.append(x[:, 4:].argmax(1)) or f(x, a)
+    guard = MaskOut()
+    before = policy.actor.composition.detach().clone()
+    ppo_update(policy, adam(policy, 1e-3), rollout, PPOConfig(num_minibatches=2, update_epochs=1),
+               torch.Generator().manual_seed(0), mask_out=guard)
+    assert guard.resets == 1 and 2 not in torch.cat(seen).tolist() and set(torch.cat(seen).tolist()) == {0, 1}
+    # the reset row is the others' mean, and no gradient moved it afterwards (its samples were left out)
+    assert torch.allclose(policy.actor.composition[2], before[:2].mean(0), atol=1e-6)
+    assert not torch.allclose(policy.actor.composition[:2], before[:2])
+    # healthy tasks: nothing to mask
+    assert MaskOut()(policy, task, torch.zeros(steps, 6), torch.zeros(steps, 6) + 0.1) is None

@@ -63,7 +63,7 @@ def test_config_checks_every_literal_field_the_same_way():
 def test_unknown_names_outside_the_config_are_config_errors_too():
     with pytest.raises(ConfigError, match="executor must be one of local, ray; got 'dask'"):
         make_executor("dask", 1)
-    with pytest.raises(ConfigError, match="arch must be one of mlp, softmod, paco; got 'cnn'"):
+    with pytest.raises(ConfigError, match="arch must be one of mlp, softmod, paco, care; got 'cnn'"):
         ActorCritic(4, gym.spaces.Discrete(2), 2, arch="cnn")
 
 
@@ -80,9 +80,9 @@ def test_added_entry_is_found_in_a_copy_only():
         raise AssertionError("not called")
 
     extended = TRAINERS.copy()
-    extended.add("care", Trainer(dummy))
-    assert extended.get("care").train is dummy and extended.names()[-1] == "care"
-    assert "care" not in TRAINERS
+    extended.add("moore", Trainer(dummy))
+    assert extended.get("moore").train is dummy and extended.names()[-1] == "moore"
+    assert "moore" not in TRAINERS
     with pytest.raises(ValueError, match="registered already"):
         extended.add("ppo", Trainer(dummy))
 
@@ -117,6 +117,6 @@ def test_train_and_evaluate_dispatches_through_the_trainer_registry(monkeypatch)
 
     monkeypatch.setattr(stage5, "TRAINERS", Registry("downstream.trainer", {"ppo": Trainer(dummy)}))
     downstream = DownstreamConfig(trainer="ppo", eval_episodes=1)
-    job = stage5.GroupJob(fam.factories(range(2)), fam, cfg.train, downstream, cfg.adapt, seed=1, eval_seed=2)
+    job = stage5.GroupJob([0, 1], fam, cfg.train, downstream, cfg.adapt, seed=1, eval_seed=2)
     out = stage5.train_and_evaluate(job)
     assert calls == [job] and len(out["returns"]) == 2 and out["curve"] == [(0, [0.0])]

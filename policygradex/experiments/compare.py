@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from policygradex import io
-from policygradex.config import GROUPINGS, Config
+from policygradex.config import GROUPINGS, MULTI_TASK_TRAINERS, Config
 from policygradex.errors import PGXError
 from policygradex.experiments.downstream import mean_curve
 from policygradex.experiments.pipeline import Pipeline
@@ -37,9 +37,12 @@ ABLATE_K = (1, 2, 3, 4)
 
 
 def compare_config(cfg: Config, n_tasks: int) -> Config:
-    """``cfg`` with every baseline grouping and the k ablation (k <= n) switched on."""
-    ks = tuple(k for k in (cfg.downstream.ablate_k or ABLATE_K) if k <= n_tasks)
-    return dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, baselines=GROUPINGS, ablate_k=ks))
+    """``cfg`` with every baseline grouping, the k ablation (k <= n) and the multi-task optimisers (unless given
+    a list of them) switched on."""
+    ds = cfg.downstream
+    ks = tuple(k for k in (ds.ablate_k or ABLATE_K) if k <= n_tasks)
+    return dataclasses.replace(cfg, downstream=dataclasses.replace(
+        ds, baselines=GROUPINGS, ablate_k=ks, trainer_baselines=ds.trainer_baselines or MULTI_TASK_TRAINERS))
 
 
 @dataclass

@@ -32,12 +32,17 @@ class GroupUnit:
 
     tasks: tuple[int, ...]
     tests: tuple[int, ...] = ()
+    trainer: str | None = None
+    """A multi-task trainer baseline's trainer (trained and evaluated under the multi-task protocol); None for the
+    run's own trainer and protocol."""
 
     @property
     def file_name(self) -> str:
-        """``group-0-3-4.json``; with routed test tasks a checksum of their list is appended."""
+        """``group-0-3-4.json``; with routed test tasks a checksum of their list is appended, with a trainer of
+        its own that trainer's name (``group-0-1-2.paco.json``)."""
         tests = f".tests-{zlib.crc32(repr(self.tests).encode()):08x}" if self.tests else ""
-        return f"group-{'-'.join(map(str, self.tasks))}{tests}.json"
+        trainer = f".{self.trainer}" if self.trainer else ""
+        return f"group-{'-'.join(map(str, self.tasks))}{tests}{trainer}.json"
 
     def seeds(self, run_seed: int) -> tuple[int, int]:
         """(training seed, evaluation seed) of the group: set by its tasks alone, whichever groupings share it."""
@@ -50,7 +55,8 @@ class GroupJob:
     """One downstream unit: train a policy on a group's tasks, then evaluate it on each of them (multi-task
     protocol) or adapt it to each test task routed to the group and evaluate that (meta protocol)."""
 
-    factories: list[EnvFactory]
+    tasks: list[int]
+    """The group's training tasks (indices into ``family.tasks``); the policy's task j is tasks[j]."""
     family: TaskFamily
     ppo: PPOConfig
     downstream: DownstreamConfig
@@ -61,6 +67,16 @@ class GroupJob:
     """(test task index, its seed) of the test tasks to adapt to (meta protocol)."""
     log_dir: str | None = None
     """Folder of the training's TensorBoard event file (in the run folder), or None."""
+
+    @property
+    def factories(self) -> list[EnvFactory]:
+        return self.family.factories(self.tasks)
+
+    @property
+    def context(self) -> np.ndarray | None:
+        """The group's tasks' metadata, standardised over the whole family (what CARE reads), or None."""
+        table = self.family.context()
+        return None if table is None else table[self.tasks]
 
 
 def train_and_evaluate(job: GroupJob) -> dict[str, Any]:

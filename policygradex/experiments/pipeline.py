@@ -300,8 +300,19 @@ class Pipeline:
         return {name: route(self.cfg.adapt.route_rule, test, train, groups, self.cfg.estimate.ridge)
                 for name, groups in groupings.items()}
 
-    def downstream(self, groupings: dict[str, list[list[int]]]) -> dict[str, GroupingResult]:
-        """Train one policy per distinct group (a group shared by two groupings trains once), evaluate."""
+    def trainer_rows(self, grouping: Grouping) -> dict[str, tuple[list[list[int]], str]]:
+        """The multi-task trainer baselines (``trainer_baselines``), name -> (groups, trainer): each trainer on every
+        task as one policy; under the meta protocol also PolicyGradEx's groups by multi-task PPO, their comparison."""
+        ds = self.cfg.downstream
+        rows = {trainer: (single_group(self.family.n_tasks), trainer) for trainer in ds.trainer_baselines}
+        if rows and ds.protocol == "meta":
+            rows["policygradex-mt"] = (grouping.groups, "ppo")
+        return rows
+
+    def downstream(self, groupings: dict[str, list[list[int]]],
+                   trainer_rows: dict[str, tuple[list[list[int]], str]] | None = None) -> dict[str, GroupingResult]:
+        """Train one policy per distinct group (a group shared by two groupings trains once), evaluate. The
+        ``trainer_rows`` (``trainer_rows()``) train under the multi-task protocol with their own trainers."""
         ds, names = self.cfg.downstream, self.family.task_names
         routes: dict[str, list[int]] = {}
         tests_of: dict[tuple[int, ...], list[int]] = {}
@@ -310,15 +321,24 @@ class Pipeline:
             for name, groups in groupings.items():
                 for t, g in enumerate(routes[name]):
                     tests_of.setdefault(tuple(groups[g]), []).append(t)
-        units = sorted({GroupUnit(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), [])))))
-                        for groups in groupings.values() for g in groups}, key=lambda u: -len(u.tasks))
+        own = {name: (groups, None) for name, groups in groupings.items()}
+        rows: dict[str, tuple[list[list[int]], str | None]] = {
+            **own, **{name: (groups, None if trainer == ds.trainer and ds.protocol == "multi-task" else trainer)
+                      for name, (groups, trainer) in (trainer_rows or {}).items()}}
+        units = sorted({GroupUnit(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), []))))
+                                  if trainer is None else (), trainer)
+                        for groups, trainer in rows.values() for g in groups}, key=lambda u: -len(u.tasks))
         start = time.perf_counter()
 
         def job(u: GroupUnit) -> GroupJob:
             seed, eval_seed = u.seeds(self.cfg.seed)
-            return GroupJob(self.family.factories(u.tasks), self.family, self.cfg.train, ds, self.cfg.adapt, seed,
+            ds_u, train = ds, self.cfg.train
+            if u.trainer is not None:  # a trainer baseline: task ids on, evaluated on its training tasks
+                ds_u = dataclasses.replace(ds, trainer=u.trainer, protocol="multi-task")
+                train = dataclasses.replace(train, task_conditioned=True)
+            return GroupJob(list(u.tasks), self.family, train, ds_u, self.cfg.adapt, seed,
                             eval_seed, [(t, derive_seed(self.cfg.seed, "test", t)) for t in u.tests],
-                            self._log_dir(f"group-{'-'.join(map(str, u.tasks))}"))
+                            self._log_dir(f"group-{'-'.join(map(str, u.tasks))}{'.' + u.trainer if u.trainer else ''}"))
 
         results, done = self.units(
             "4/5 train groups", units,
@@ -328,10 +348,13 @@ class Pipeline:
             self.seconds["downstream"] = time.perf_counter() - start + self.seconds.get("downstream", 0.0)
             if self.folder:
                 self.folder.record_time("downstream", self.seconds["downstream"])
-        by_group = {u.tasks: res for u, res in results.items()}
         test_names = [t.name for t in self.family.test_tasks]
-        return {name: grouping_result(groups, by_group, names, routes.get(name), test_names)
-                for name, groups in groupings.items()}
+        out = {}
+        for name, (groups, trainer) in rows.items():
+            by_group = {u.tasks: res for u, res in results.items() if u.trainer == trainer}
+            out[name] = grouping_result(groups, by_group, names, routes.get(name) if trainer is None else None,
+                                        test_names)
+        return out
 
     def units(self, label: str, keys: list[K], path_of: Callable[[K], Path | None], fn: Callable[[Any], dict],
               job_of: Callable[[K], Any], weight: Callable[[K], int] = lambda key: 1) -> tuple[dict[K, dict], int]:
@@ -373,7 +396,7 @@ class Pipeline:
         est = self.estimate()
         grouping = self.group(est)
         self.progress.note(describe(grouping, self.family.task_names))
-        results = self.downstream(self.groupings(grouping, est.affinity))
+        results = self.downstream(self.groupings(grouping, est.affinity), self.trainer_rows(grouping))
         metrics = RunMetrics(
             family=self.family.spec,
             task_names=self.family.task_names,

@@ -29,7 +29,10 @@ Block = tuple[str, Any]
 ("details", (summary, blocks)): a section collapsed in HTML."""
 
 LABELS = {"policygradex": "PolicyGradEx", "single": "single (k=1, multi-task)", "random": "random (same k)",
-          "gradient-similarity": "gradient similarity (same k)", "independent": "independent (k=n)"}
+          "gradient-similarity": "gradient similarity (same k)", "independent": "independent (k=n)",
+          "ppo": "Multi-Task Training (PPO, k=1)", "softmod": "Soft Modularization (k=1)", "paco": "PaCo (k=1)",
+          "care": "CARE (k=1)", "pcgrad": "PCGrad (k=1)",
+          "policygradex-mt": "PolicyGradEx's groups, multi-task PPO"}
 
 MAIN = ("single", "random", "gradient-similarity", "independent", "policygradex")
 """Methods of compare's main table; the policygradex-kK rows form the k ablation."""
@@ -38,6 +41,15 @@ PAPER_MAIN = {  # the paper's main table (PAPER_NOTES.txt): Meta-World success %
     "cartpole": {"single": 145.9, "random": 144.1, "gradient-similarity": 142.0, "policygradex": 159.2},
     "highway": {"single": 140.0, "random": 143.4, "gradient-similarity": 135.6, "policygradex": 153.5},
     "lunar_lander": {"single": 53.8, "random": 73.1, "gradient-similarity": 80.8, "policygradex": 82.8},
+}
+TRAINER_ROWS = ("ppo", "softmod", "paco", "care", "pcgrad", "policygradex-mt")
+"""Rows of compare's multi-task trainer table (``trainer_baselines``): each trainer with k = 1, and PolicyGradEx's
+groups trained and evaluated the same way (meta families; elsewhere the main table's own PolicyGradEx row)."""
+PAPER_TRAINERS = {  # the paper's multi-task optimiser rows; its "Multi-Task Training" is multi-task PPO here
+    "metaworld-mt10": {"ppo": 71.3, "softmod": 82.0, "paco": 73.1, "care": 84.0},
+    "cartpole": {"ppo": 145.9, "softmod": 139.3, "paco": 144.5},
+    "highway": {"ppo": 140.0, "softmod": 141.3, "paco": 136.6},
+    "lunar_lander": {"ppo": 53.8, "softmod": 66.1, "paco": 62.6},
 }
 PAPER_K = {1: 71.0, 2: 89.5, 3: 94.0, 4: 95.1}  # Meta-World success % against k (approximate for k = 1)
 
@@ -490,6 +502,21 @@ def compare_blocks(results: CompareResults, figures: list[str]) -> list[Block]:
                       strict=True) if p is not None and st is not None) + "."),
         ("table", (["grouping", "k", metric, "PolicyGradEx gain", "paper"], rows)),
     ]
+    trainers = [m for m in TRAINER_ROWS if m in methods]
+    if trainers:
+        ref = "policygradex-mt" if "policygradex-mt" in methods else "policygradex"
+        paper_t = PAPER_TRAINERS.get(results.family, {})
+        rows = [[label(m), "/".join(sorted({str(k) for k in methods[m].k})), cell(m),
+                 "" if m == ref else relative_gain(methods[ref].mean, methods[m].mean),
+                 f"{paper_t[m]:.1f}{unit}" if m in paper_t else ""] for m in [m for m in trainers if m != ref] + [ref]]
+        blocks += [("h2", "Multi-task optimisers"),
+                   ("p", "Each optimiser trains one policy on every task (k = 1) with the same budget per task, "
+                         "task ids on, and is evaluated on its training tasks (the multi-task protocol, also in "
+                         "meta-RL families, where the main table scores held-out test tasks); the last row is "
+                         "PolicyGradEx's groups trained and scored the same way. Gain = (that row - optimiser) / "
+                         "|optimiser|. CARE's task context is each task's own parameters (tasks/context.py), not "
+                         "the paper's language-model encoding of a description."),
+                   ("table", (["optimiser", "k", metric, "PolicyGradEx gain", "paper"], rows))]
     ks = sorted((m for m in methods if m.startswith("policygradex-k")), key=lambda m: int(m.rsplit("k", 1)[1]))
     if ks:
         rows = [[m.rsplit("k", 1)[1], cell(m), f"{PAPER_K[int(m.rsplit('k', 1)[1])]:.1f}%"

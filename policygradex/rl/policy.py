@@ -1,7 +1,8 @@
 """Task-conditioned actor-critic: separate networks for pi(a|s, task) and V(s, task), as in CleanRL's PPO.
 
-Three architectures: ``mlp`` (the default, and always theta*'s), ``softmod``, Soft Modularization (Yang et
-al. 2020), and ``paco``, parameter-compositional (Sun et al. 2022, rl/paco.py). The mlp actor is a plain
+Four architectures: ``mlp`` (the default, and always theta*'s), ``softmod``, Soft Modularization (Yang et
+al. 2020), ``paco``, parameter-compositional (Sun et al. 2022, rl/paco.py), and ``care``, a mixture of encoders
+attending to the task's context (Sodhani et al. 2021, rl/care.py). The mlp actor is a plain
 ``nn.Sequential`` of ``Linear`` and ``Tanh`` layers: the gradient-feature code walks its ``Linear`` layers to
 build per-sample gradients without materialising them.
 """
@@ -18,6 +19,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Normal
 
 from policygradex.registry import Registry
+from policygradex.rl.care import CareNet
 from policygradex.rl.paco import paco_net
 from policygradex.tasks.family import ActionSpace
 
@@ -90,23 +92,34 @@ class SoftModularNet(nn.Module):
 
 
 def mlp_net(obs_dim: int, n_tasks: int, task_conditioned: bool, hidden: tuple[int, ...], n_out: int,
-            out_gain: float) -> nn.Module:
+            out_gain: float, context: torch.Tensor | None = None) -> nn.Module:
     """An actor or critic MLP on the observation, with the one-hot task id appended when task-conditioned."""
     return mlp(obs_dim + (n_tasks if task_conditioned else 0), hidden, n_out, out_gain)
 
 
 def softmod_net(obs_dim: int, n_tasks: int, task_conditioned: bool, hidden: tuple[int, ...], n_out: int,
-                out_gain: float) -> nn.Module:
+                out_gain: float, context: torch.Tensor | None = None) -> nn.Module:
     """A Soft Modularization network: one layer of modules per entry of ``hidden`` (all of its first width)."""
     if not task_conditioned:
         raise ValueError("Soft Modularization routes by task: it needs a task-conditioned policy")
     return SoftModularNet(obs_dim, n_tasks, n_out, hidden[0], len(hidden), out_gain)
 
 
-Arch = Literal["mlp", "softmod", "paco"]
-NetBuilder = Callable[[int, int, bool, tuple[int, ...], int, float], nn.Module]
-"""(obs_dim, n_tasks, task_conditioned, hidden_sizes, n_out, out_gain) -> the actor's or the critic's network,
-reading ``ActorCritic.inputs`` (the observation, then the one-hot task id when task-conditioned)."""
+def care_net(obs_dim: int, n_tasks: int, task_conditioned: bool, hidden: tuple[int, ...], n_out: int,
+             out_gain: float, context: torch.Tensor | None = None) -> nn.Module:
+    """A CARE network: encoders and context embedding of the first hidden width, a head MLP of the others on
+    [representation, embedding]; without a context table, the one-hot task id (a learned embedding)."""
+    if not task_conditioned:
+        raise ValueError("CARE attends to the task's context: it needs a task-conditioned policy")
+    table = context if context is not None else torch.eye(n_tasks)
+    return CareNet(obs_dim, table, hidden[0], mlp(2 * hidden[0], hidden[1:], n_out, out_gain))
+
+
+Arch = Literal["mlp", "softmod", "paco", "care"]
+NetBuilder = Callable[[int, int, bool, tuple[int, ...], int, float, "torch.Tensor | None"], nn.Module]
+"""(obs_dim, n_tasks, task_conditioned, hidden_sizes, n_out, out_gain, context) -> the actor's or the critic's
+network, reading ``ActorCritic.inputs`` (the observation, then the one-hot task id when task-conditioned);
+``context`` (n_tasks, c) is the tasks' metadata, which only networks that read it (CARE) use."""
 
 # The networks ActorCritic(arch=...) builds. Adding one: its module (a NetBuilder), one line here, and its name
 # in the Arch Literal above (a trainer that uses it passes arch= to train_ppo, see rl/trainers.py).
@@ -114,30 +127,36 @@ ARCHS: Registry[NetBuilder] = Registry("arch", {
     "mlp": mlp_net,
     "softmod": softmod_net,
     "paco": paco_net,
+    "care": care_net,
 })
 
 
 class ActorCritic(nn.Module):
     """pi(a|s, task) and V(s, task) for Discrete (categorical) or Box (diagonal Gaussian) actions.
 
-    ``arch="softmod"`` builds actor and critic as Soft Modularization networks (task-conditioned only), one
-    layer of modules per entry of ``hidden_sizes`` (all of its first width).
+    ``arch`` picks the network of actor and critic (``ARCHS``); ``context`` (n_tasks, c), the tasks' metadata,
+    is read by the networks that attend to it (CARE) and saved with them.
     """
 
     def __init__(self, obs_dim: int, action_space: ActionSpace, n_tasks: int,
-                 hidden_sizes: tuple[int, ...] = (64, 64), task_conditioned: bool = True, arch: Arch = "mlp") -> None:
+                 hidden_sizes: tuple[int, ...] = (64, 64), task_conditioned: bool = True, arch: Arch = "mlp",
+                 context: np.ndarray | torch.Tensor | None = None) -> None:
         super().__init__()
         build = ARCHS.get(arch)
         self.obs_dim, self.n_tasks, self.task_conditioned = obs_dim, n_tasks, task_conditioned
         self.hidden_sizes, self.arch = tuple(hidden_sizes), arch
+        table = None if context is None else torch.as_tensor(np.asarray(context), dtype=torch.float32)
+        if table is not None and table.shape[0] != n_tasks:
+            raise ValueError(f"context has {table.shape[0]} rows for {n_tasks} tasks")
+        self.context_dim = None if table is None else int(table.shape[1])
         self.action_space = action_space
         self.continuous = isinstance(action_space, gym.spaces.Box)
         if isinstance(action_space, gym.spaces.Box):
             n_out = int(np.prod(action_space.shape))
         else:
             n_out = int(action_space.n)
-        self.actor = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, n_out, 0.01)
-        self.critic = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, 1, 1.0)
+        self.actor = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, n_out, 0.01, table)
+        self.critic = build(obs_dim, n_tasks, task_conditioned, self.hidden_sizes, 1, 1.0, table)
         if self.continuous:
             self.log_std = nn.Parameter(torch.zeros(n_out))
 
@@ -207,7 +226,7 @@ class ActorCritic(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         return {"obs_dim": self.obs_dim, "n_tasks": self.n_tasks, "hidden_sizes": list(self.hidden_sizes),
-                "task_conditioned": self.task_conditioned, "arch": self.arch}
+                "task_conditioned": self.task_conditioned, "arch": self.arch, "context_dim": self.context_dim}
 
 
 def save_policy(policy: ActorCritic, path) -> None:
@@ -219,7 +238,9 @@ def save_policy(policy: ActorCritic, path) -> None:
 def load_policy(path, action_space: ActionSpace) -> ActorCritic:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     spec = blob["spec"]
+    dim = spec.get("context_dim")  # the table itself comes back with the state dict
     policy = ActorCritic(spec["obs_dim"], action_space, spec["n_tasks"], tuple(spec["hidden_sizes"]),
-                         spec["task_conditioned"], spec.get("arch", "mlp"))
+                         spec["task_conditioned"], spec.get("arch", "mlp"),
+                         None if dim is None else np.zeros((spec["n_tasks"], dim)))
     policy.load_state_dict(blob["state_dict"])
     return policy

@@ -15,6 +15,7 @@ from torch import nn
 
 from policygradex.config import PPOConfig
 from policygradex.errors import PGXError
+from policygradex.rl.paco import MaskOut
 from policygradex.rl.pcgrad import pcgrad_backward
 from policygradex.rl.policy import ActorCritic, Arch
 from policygradex.rl.rollout import Rollout, TaskRunner, compute_gae, standardize
@@ -91,15 +92,21 @@ class TrainingRecord:
 
 
 def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
-               cfg: PPOConfig, generator: torch.Generator, gradient_surgery: bool = False) -> dict[str, float]:
+               cfg: PPOConfig, generator: torch.Generator, gradient_surgery: bool = False,
+               mask_out: MaskOut | None = None) -> dict[str, float]:
     """Clipped-surrogate PPO update on one rollout (CleanRL's ``ppo.py``, multi-task inputs). With
-    ``gradient_surgery``, each minibatch's gradient is PCGrad's combination of its tasks' own (rl/pcgrad.py)."""
+    ``gradient_surgery``, each minibatch's gradient is PCGrad's combination of its tasks' own (rl/pcgrad.py);
+    with ``mask_out`` (PaCo), the tasks whose loss diverges are left out of the update (rl/paco.py)."""
     advantages, returns = compute_gae(rollout.rewards, rollout.values, rollout.dones, rollout.last_value,
                                       cfg.gamma, cfg.gae_lambda)
     b_obs, b_task, b_actions = rollout.flat()
-    b_inputs = policy.inputs(b_obs, b_task)
     b_logprobs, b_adv = rollout.logprobs.reshape(-1), advantages.reshape(-1)
     b_returns, b_values = returns.reshape(-1), rollout.values.reshape(-1)
+    if mask_out is not None and (skip := mask_out(policy, rollout.task, returns, rollout.values)) is not None:
+        keep = ~skip[b_task]
+        b_obs, b_task, b_actions, b_logprobs, b_adv, b_returns, b_values = (
+            x[keep] for x in (b_obs, b_task, b_actions, b_logprobs, b_adv, b_returns, b_values))
+    b_inputs = policy.inputs(b_obs, b_task)
     batch = len(b_obs)
     mb_size = max(1, batch // cfg.num_minibatches)
     record: dict[str, list[torch.Tensor]] = {k: [] for k in ("pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac")}
@@ -146,13 +153,14 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
               task_ids: Sequence[int] | None = None, arch: Arch = "mlp",
               log_dir: str | Path | None = None, env_processes: int = 1,
-              gradient_surgery: bool = False) -> TrainResult:
+              gradient_surgery: bool = False, context: np.ndarray | None = None) -> TrainResult:
     """Train one policy on the tasks behind ``factories``.
 
     By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in
     place) and ``task_ids``, each factory's task index in that policy's task space. ``arch`` picks the
-    network of a new policy ('mlp' or 'softmod', see policy.py). With ``log_dir``, every update's statistics
-    and each task's episode return go to a TensorBoard event file there (``rl/telemetry.py``). With
+    network of a new policy (``ARCHS`` in policy.py; ``context``, the tasks' metadata, for CARE). With
+    ``log_dir``, every update's statistics and each task's episode return go to a TensorBoard event file there
+    (``rl/telemetry.py``). With
     ``env_processes=2`` half of the envs step in a worker process (slow envs; the results do not change).
     ``gradient_surgery`` combines the tasks' gradients by PCGrad (rl/pcgrad.py).
     """
@@ -161,24 +169,27 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     generator = torch.Generator().manual_seed(seed)
     if policy is None:
         policy = ActorCritic(observation_space.shape[0], action_space, n_tasks, cfg.hidden_sizes,
-                             cfg.task_conditioned, arch)
+                             cfg.task_conditioned, arch, context)
     ids = np.asarray(task_ids if task_ids is not None else range(n_tasks))
     optimizer = adam(policy, cfg.learning_rate)
     local = np.repeat(np.arange(n_tasks), cfg.envs_per_task)
     runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma,
                         processes=env_processes)
     record = TrainingRecord(cfg.steps_per_task, cfg.num_steps * cfg.envs_per_task, n_tasks, progress, log_dir)
+    mask_out = MaskOut() if policy.arch == "paco" else None
     try:  # the envs (and an env worker process) are released whatever happens
         for it in range(record.iterations):
             record.anneal(optimizer, cfg.learning_rate, it)
             rollout = runner.collect(policy, cfg.num_steps)
             try:
-                stats = ppo_update(policy, optimizer, rollout, cfg, generator, gradient_surgery)
+                stats = ppo_update(policy, optimizer, rollout, cfg, generator, gradient_surgery, mask_out)
                 check_finite(policy)
             except Diverged as exc:
                 raise Diverged(f"{exc} at update {it + 1} of {record.iterations} (learning rate "
                                f"{cfg.learning_rate:g})") from None
             returns = _mean_return_per_task(rollout, ids)
+            if mask_out is not None:
+                stats["paco_resets"] = mask_out.resets
             record.add(it, {f"task{int(t)}": r for t, r in zip(ids, returns, strict=True)},
                        {**stats, "learning_rate": optimizer.param_groups[0]["lr"]})
     finally:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from policygradex.registry import Registry
 from policygradex.rl.maml import train_maml
 from policygradex.rl.policy import Arch
@@ -29,11 +31,12 @@ class Trainer:
     """The settings the error asks to lower when this training diverges."""
 
 
-def _train_ppo(job: GroupJob, arch: Arch, gradient_surgery: bool = False) -> TrainResult:
+def _train_ppo(job: GroupJob, arch: Arch, gradient_surgery: bool = False,
+               context: np.ndarray | None = None) -> TrainResult:
     """Multi-task PPO. Under the meta protocol without task ids: the held-out test tasks it adapts to have none."""
     ppo = job.ppo if job.downstream.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
     return train_ppo(job.factories, job.family.observation_space, job.family.action_space, ppo, job.seed, arch=arch,
-                     log_dir=job.log_dir, gradient_surgery=gradient_surgery)
+                     log_dir=job.log_dir, gradient_surgery=gradient_surgery, context=context)
 
 
 def ppo_group(job: GroupJob) -> TrainResult:
@@ -49,6 +52,12 @@ def softmod_group(job: GroupJob) -> TrainResult:
 def paco_group(job: GroupJob) -> TrainResult:
     """Multi-task PPO on a PaCo network: K shared parameter sets, one learned composition per task (rl/paco.py)."""
     return _train_ppo(job, "paco")
+
+
+def care_group(job: GroupJob) -> TrainResult:
+    """Multi-task PPO on a CARE network: a mixture of encoders weighted by attention over the task's metadata
+    (Sodhani et al. 2021, rl/care.py; without metadata, a learned embedding of the task id)."""
+    return _train_ppo(job, "care", context=job.context)
 
 
 def pcgrad_group(job: GroupJob) -> TrainResult:
@@ -72,4 +81,5 @@ TRAINERS: Registry[Trainer] = Registry("downstream.trainer", {
     "maml": Trainer(maml_group, lower="--train-learning-rate or --adapt-inner-lr"),
     "pcgrad": Trainer(pcgrad_group),
     "paco": Trainer(paco_group),
+    "care": Trainer(care_group),
 })

@@ -52,6 +52,9 @@ class TaskFamily:
     """Config overrides that suit this family (``Config.for_family``); ``make_family`` fills them in."""
     quick_defaults: dict[str, Any] = field(default_factory=dict, repr=False)
     """The same on top of ``Config.quick()``."""
+    context_keys: tuple[str, ...] | None = None
+    """The keys of each ``Task.params`` that describe the task to a trainer reading task metadata (CARE): None for
+    all of them, () for none (CARE then learns an embedding per task)."""
     observation_space: gym.spaces.Box = field(init=False)
     action_space: ActionSpace = field(init=False)
     _fingerprints: dict[str, str] | None = field(init=False, default=None, repr=False)
@@ -104,6 +107,16 @@ class TaskFamily:
     def factories(self, task_ids: Sequence[int]) -> list[EnvFactory]:
         return [self.tasks[i].make for i in task_ids]
 
+    def context(self) -> np.ndarray | None:
+        """(n_tasks, c): the training tasks' metadata (``context_keys`` of their params) as standardised numbers
+        (tasks/context.py), or None where the family has none."""
+        from policygradex.tasks.context import context_matrix
+
+        try:
+            return context_matrix([t.params for t in self.tasks], self.context_keys)
+        except ValueError as exc:
+            raise PGXError(f"family {self.name!r}: {exc}") from None
+
     @classmethod
     def from_envs(
         cls,
@@ -111,12 +124,17 @@ class TaskFamily:
         factories: Sequence[EnvFactory],
         task_names: Sequence[str] | None = None,
         test_factories: Sequence[EnvFactory] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
     ) -> TaskFamily:
-        """A family from the user's own gymnasium env factories (zero-argument callables)."""
+        """A family from the user's own gymnasium env factories (zero-argument callables). ``metadata``: one dict
+        per task of what defines it (numbers, lists of numbers, text), which CARE reads as the task's context."""
         names = list(task_names) if task_names is not None else [f"task{i}" for i in range(len(factories))]
         if len(names) != len(factories):
             raise PGXError(f"got {len(factories)} factories but {len(names)} task names")
-        tasks = [Task(n, f) for n, f in zip(names, factories, strict=True)]
+        if metadata is not None and len(metadata) != len(factories):
+            raise PGXError(f"got {len(factories)} factories but {len(metadata)} metadata dicts")
+        meta = list(metadata) if metadata is not None else [{} for _ in factories]
+        tasks = [Task(n, f, dict(m)) for n, f, m in zip(names, factories, meta, strict=True)]
         tests = [Task(f"test{i}", f) for i, f in enumerate(test_factories or [])]
         return cls(name=name, tasks=tasks, test_tasks=tests)
 

@@ -17,6 +17,19 @@ from policygradex.tasks.family import FlatFloatObservation, Task, TaskFamily, re
 
 MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
         "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
+DESCRIPTIONS = {
+    "reach-v3": "reach a goal position with the gripper",
+    "push-v3": "push the puck to a goal position",
+    "pick-place-v3": "pick up the puck and place it at a goal position",
+    "door-open-v3": "open a door with a revolving joint",
+    "drawer-open-v3": "pull a drawer open",
+    "drawer-close-v3": "push a drawer closed",
+    "button-press-topdown-v3": "press a button from the top",
+    "peg-insert-side-v3": "insert a peg sideways into a hole",
+    "window-open-v3": "slide a window open",
+    "window-close-v3": "slide a window closed",
+}
+"""What each MT10 task asks, in a few words (task metadata for CARE; other envs are described by their name)."""
 
 
 class SeededReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -51,8 +64,8 @@ def make_family(env_names: list[str] | None = None, n_tasks: int | None = None, 
     unknown = [n for n in names if n not in known]
     if unknown:
         raise PGXError(f"unknown Meta-World env(s) {unknown}; for example {', '.join(MT10[:3])}")
-    tasks = [Task(n, functools.partial(make_env, n, i, len(names), seed + i), {"env_name": n})
-             for i, n in enumerate(names)]
+    tasks = [Task(n, functools.partial(make_env, n, i, len(names), seed + i),
+                  {"env_name": n, "description": DESCRIPTIONS.get(n, n)}) for i, n in enumerate(names)]
     label = "metaworld-mt10" if not env_names else "metaworld:" + ",".join(names)
     return TaskFamily(name=label, tasks=tasks, spec={"n_tasks": len(names), "seed": seed},
                       description=f"Meta-World v3 tasks {', '.join(names)} (success rate from info['success'])")

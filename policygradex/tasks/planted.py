@@ -73,4 +73,5 @@ def make_family(n_tasks: int = 12, seed: int = 0, n_clusters: int = N_CLUSTERS) 
         true_groups=[np.flatnonzero(cluster_of == c).tolist() for c in range(n_clusters)],
         spec={"n_tasks": n_tasks, "seed": seed, "n_clusters": n_clusters},
         description=f"synthetic contextual bandits in {n_clusters} hidden clusters with conflicting best actions",
+        context_keys=(),  # a task's one param is its hidden cluster: metadata would hand CARE the answer
     )
