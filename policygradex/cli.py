@@ -120,8 +120,8 @@ def _parse_type(hint: Any) -> tuple[type, type | None]:
     if typing.get_origin(hint) is typing.Literal:
         return str, None
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is tuple:
-        return str, args[0]
+    if typing.get_origin(hint) is tuple:  # a tuple of Literal values: text, checked by the config likewise
+        return str, str if typing.get_origin(args[0]) is typing.Literal else args[0]
     if args and typing.get_origin(hint) is not None:  # X | None
         return args[0], None
     return hint, None
@@ -346,6 +346,8 @@ STUDY_HELP = {
     "approx": "First-order error of log pi at relative parameter distances (approx.json).",
     "ground-truth": "Fine-tune theta* on the estimator's subsets; NMI, Spearman and speedup (validation.json).",
     "ablate": "NMI and estimation time against d, m, depth and projection back-end (ablation.json).",
+    "generalization": "Hessian trace, Ju et al.'s Hessian bound and the observed generalisation gap of theta* "
+                      "fine-tuned on sampled subsets (generalization.json).",
 }
 
 

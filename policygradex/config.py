@@ -149,7 +149,7 @@ EXECUTION = ("workers", "executor", "ray_address", "device")
 """Top-level settings that say where work runs; results never depend on them."""
 GROUPINGS = ("single", "random", "gradient-similarity", "independent")
 TrainerName = Literal["ppo", "softmod", "maml", "pcgrad", "paco", "care"]
-MULTI_TASK_TRAINERS = ("ppo", "softmod", "paco", "care", "pcgrad")
+MULTI_TASK_TRAINERS: tuple[TrainerName, ...] = ("ppo", "softmod", "paco", "care", "pcgrad")
 """The multi-task optimisers ``compare`` trains as baselines of their own (``trainer_baselines``)."""
 
 
@@ -176,7 +176,7 @@ class DownstreamConfig:
     'independent' (k = n)."""
     ablate_k: tuple[int, ...] = ()
     """Also train PolicyGradEx's affinity partitioned into exactly these numbers of groups (``compare``: 1,2,3,4)."""
-    trainer_baselines: tuple[str, ...] = ()
+    trainer_baselines: tuple[TrainerName, ...] = ()
     """Multi-task optimisers trained on every task as one policy (k = 1), each a row of its own (``compare``:
     ppo, softmod, paco, care, pcgrad). They run under the multi-task protocol, evaluated on the training tasks,
     whatever ``protocol`` says; under the meta protocol PolicyGradEx's groups are then also trained by
@@ -188,9 +188,8 @@ class DownstreamConfig:
         unknown = set(self.baselines) - set(GROUPINGS)
         if unknown:
             raise ConfigError("baselines", f"has unknown {sorted(unknown)}; choose from {', '.join(GROUPINGS)}")
-        unknown = set(self.trainer_baselines) - set(MULTI_TASK_TRAINERS)
-        if unknown:
-            raise ConfigError("trainer_baselines", f"has unknown {sorted(unknown)}; choose from "
+        if unknown_trainers := set(self.trainer_baselines) - set(MULTI_TASK_TRAINERS):
+            raise ConfigError("trainer_baselines", f"has unknown {sorted(unknown_trainers)}; choose from "
                               f"{', '.join(MULTI_TASK_TRAINERS)}")
         if self.ablate_k and min(self.ablate_k) < 1:
             raise ConfigError("ablate_k", "lists numbers of groups, each at least 1")
@@ -253,11 +252,15 @@ class ValidateConfig:
     """Pair coverages (hence numbers of subsets m) of the ablation."""
     ablate_depths: tuple[int, ...] = (2, 4, 8)
     """Hidden layers of theta* in the ablation (theta* is meta-trained again for each)."""
+    generalization_subsets: int = 20
+    """Subsets (a seeded sample of the estimator's) fine-tuned for the generalisation study."""
+    hutchinson_probes: int = 64
+    """Rademacher probes of Hutchinson's trace estimator (its standard error falls as 1 / sqrt(probes))."""
 
     def __post_init__(self) -> None:
         _check_choices(self)
         _positive(self, "directions", "transitions_per_task", "finetune_steps_per_task", "eval_episodes",
-                  "finetune_learning_rate")
+                  "finetune_learning_rate", "generalization_subsets", "hutchinson_probes")
         if not self.distances or min(self.distances) <= 0:
             raise ConfigError("distances", "must be positive, for example 0.001,0.01,0.1")
         if self.max_subsets is not None and self.max_subsets < 2:
@@ -326,7 +329,8 @@ class Config:
             adapt=AdaptConfig(steps=64, test_tasks=4, route_steps=64),
             validate=ValidateConfig(distances=(0.001, 0.01, 0.1), directions=1, transitions_per_task=64,
                                     finetune_steps_per_task=256, max_subsets=4, eval_episodes=2, ablate_dims=(16, 64),
-                                    ablate_coverages=(2, 3), ablate_depths=(1, 2)),
+                                    ablate_coverages=(2, 3), ablate_depths=(1, 2), generalization_subsets=4,
+                                    hutchinson_probes=8),
             workers=1,
         )
         return dataclasses.replace(cfg, **overrides)
@@ -434,13 +438,18 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted names of the settings that differ between two nested config dicts."""
+def diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "", defaults: dict[str, Any] | None = None) -> list[str]:
+    """Dotted names of the settings that differ between two nested config dicts. With ``defaults`` (a default
+    config's dict), a setting that ``a`` predates (absent there) counts as unchanged while ``b`` has its default:
+    a folder written before the setting existed ran without it."""
     out = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key), b.get(key)
+        default = (defaults or {}).get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += diff(va, vb, f"{prefix}{key}.")
+            out += diff(va, vb, f"{prefix}{key}.", default if isinstance(default, dict) else None)
+        elif key not in a and defaults is not None and key in defaults and vb == default:
+            continue
         elif va != vb:
             out.append(f"{prefix}{key} ({va!r} there, {vb!r} now)")
     return out

@@ -40,3 +40,19 @@ def test_built_in_families_are_identified_by_their_spec(tmp_path):
     Pipeline(fam, pgx.Config.quick(), tmp_path / "run", progress=False).close()
     assert "environments" not in json.loads((tmp_path / "run" / "config.json").read_text())
     assert fam._fingerprints is None  # never computed for a built-in family
+
+
+def test_a_folder_that_predates_a_setting_resumes_while_the_setting_keeps_its_default(tmp_path):
+    import dataclasses
+
+    fam = pgx.make_family("planted", n_tasks=4)
+    out = tmp_path / "run"
+    Pipeline(fam, pgx.Config.quick(), out, progress=False).close()
+    stored = json.loads((out / "config.json").read_text())
+    del stored["config"]["downstream"]["trainer_baselines"]  # as written before the setting existed
+    (out / "config.json").write_text(json.dumps(stored))
+    Pipeline(fam, pgx.Config.quick(), out, progress=False).close()  # default (): the run it was
+    cfg = pgx.Config.quick()
+    cfg = dataclasses.replace(cfg, downstream=dataclasses.replace(cfg.downstream, trainer_baselines=("paco",)))
+    with pytest.raises(pgx.PGXError, match="downstream.trainer_baselines"):
+        Pipeline(fam, cfg, out, progress=False)

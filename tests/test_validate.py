@@ -35,7 +35,7 @@ def _validate(study, out, *extra):
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory):
     out = tmp_path_factory.mktemp("validate") / "run"
-    for study in ("approx", "ground-truth", "ablate"):
+    for study in ("approx", "ground-truth", "ablate", "generalization"):
         result = _validate(study, out)
         assert result.exit_code == 0, result.output
     return out
@@ -53,10 +53,16 @@ def test_studies_write_their_json_and_report_sections(validated):
     assert v["m_ground_truth"] == 4 and 0 <= v["nmi"] <= 1 and v["speedup_flops"] > 0
     ablation = json.loads((validated / "ablation.json").read_text())
     assert {r["setting"] for r in ablation["rows"]} == {"d", "pair_coverage", "projector", "depth"}
+    gen = json.loads((validated / "generalization.json").read_text())
+    assert len(gen["subsets"]) == 4
+    for r in gen["subsets"]:
+        assert r["trace_se"] > 0 and r["bound"] >= 0 and r["n"] > 0 and len(r["hessian_distance_per_layer"]) == 3
+        assert r["gap_transitions"] == r["loss"]["held_out"] - r["loss"]["fit"]
+    assert -1 <= gen["gap_transitions"]["spearman"] <= 1 and 0 <= gen["gap_transitions"]["within_10x"] <= 1
     report = (validated / "report.md").read_text()
-    for section in ("first-order approximation", "ground-truth grouping", "ablation"):
+    for section in ("first-order approximation", "ground-truth grouping", "ablation", "generalisation bound"):
         assert section in report
-    assert (validated / "figures" / "approx.png").is_file()
+    assert (validated / "figures" / "approx.png").is_file() and (validated / "figures" / "generalization.png").is_file()
 
 
 def test_ground_truth_resumes_without_redoing_finished_subsets(validated):

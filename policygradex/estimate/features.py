@@ -53,31 +53,43 @@ class ChunkFeatureJob:
     one-hot), never with the id of the training task that shares their index."""
 
 
-def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
-    """Roll out theta* for ``transitions_per_task`` steps of every task of the chunk, one env per task (task
-    i's env seeded from (seed, i)), and turn every transition into its row (z, y, w, task, holdout), task-major."""
-    cfg, steps = job.cfg, job.cfg.transitions_per_task
-    policy_ids = [job.policy.n_tasks] * len(job.tasks) if job.unseen else job.tasks
-    runner = TaskRunner(job.factories, policy_ids, seed=[derive_seed(job.seed, i) for i in job.tasks],
-                        gamma=job.ppo.gamma)
-    roll = runner.collect(job.policy, steps, seed=derive_seed(job.seed, "actions", job.tasks[0]))
+def chunk_rollout(policy: ActorCritic, factories: Sequence[EnvFactory], tasks: list[int], cfg: EstimateConfig,
+                  ppo: PPOConfig, seed: int, unseen: bool = False) -> dict[str, torch.Tensor]:
+    """Roll out theta* for ``transitions_per_task`` steps of every task of a chunk, one env per task (task i's
+    env seeded from (seed, i)): task-major rows of obs, action, the task id the policy saw (``seen_as``), the
+    task's own index, label y = sign(A), weight w = |A| and the hold-out flag."""
+    steps = cfg.transitions_per_task
+    policy_ids = [policy.n_tasks] * len(tasks) if unseen else tasks
+    runner = TaskRunner(factories, policy_ids, seed=[derive_seed(seed, i) for i in tasks], gamma=ppo.gamma)
+    roll = runner.collect(policy, steps, seed=derive_seed(seed, "actions", tasks[0]))
     runner.close()
-    adv, _ = compute_gae(roll.rewards, roll.values, roll.dones, roll.last_value, job.ppo.gamma, job.ppo.gae_lambda)
+    adv, _ = compute_gae(roll.rewards, roll.values, roll.dones, roll.last_value, ppo.gamma, ppo.gae_lambda)
     if cfg.standardize_advantages:
         adv = standardize(adv, dim=0)  # per task: one env per task
     # (steps, envs) -> task-major rows: all of task tasks[0]'s steps in order, then the next task's.
-    obs, actions, a = (x.transpose(0, 1).reshape(steps * len(job.tasks), *x.shape[2:])
+    obs, actions, a = (x.transpose(0, 1).reshape(steps * len(tasks), *x.shape[2:])
                        for x in (roll.obs, roll.actions, adv))
-    seen_as = roll.task.repeat_interleave(steps)  # the ids the policy saw; the store keeps the tasks' own
-    task = torch.as_tensor(job.tasks).repeat_interleave(steps)
+    holdout = torch.arange(steps) >= int(round(steps * (1 - cfg.holdout_fraction)))
+    return {"obs": obs, "actions": actions, "seen_as": roll.task.repeat_interleave(steps),
+            "task": torch.as_tensor(tasks).repeat_interleave(steps), "y": torch.where(a >= 0, 1.0, -1.0),
+            "w": a.abs(), "holdout": holdout.repeat(len(tasks))}
+
+
+def chunk_features(job: ChunkFeatureJob) -> dict[str, np.ndarray]:
+    """``chunk_rollout``'s transitions turned into store rows (z, y, w, task, holdout); z is the projected
+    gradient of log pi(a|s) at theta*, for the id the policy saw (the store keeps the tasks' own)."""
+    rows = chunk_rollout(job.policy, job.factories, job.tasks, job.cfg, job.ppo, job.seed, job.unseen)
+    obs, seen_as, actions = rows["obs"], rows["seen_as"], rows["actions"]
     dev = torch.device(job.device)
     policy = job.policy if dev.type == "cpu" else copy.deepcopy(job.policy).to(dev)
     z = torch.cat([job.projector.features(policy, obs[sl].to(dev), seen_as[sl].to(dev), actions[sl].to(dev)).detach()
                    .cpu() for sl in (slice(s, s + job.batch_size) for s in range(0, len(obs), job.batch_size))])
-    advantage = a.numpy()
-    holdout = np.arange(steps) >= int(round(steps * (1 - cfg.holdout_fraction)))
-    return {"z": z.numpy(), "y": np.where(advantage >= 0, 1.0, -1.0), "w": np.abs(advantage), "task": task.numpy(),
-            "holdout": np.tile(holdout, len(job.tasks))}
+    return {"z": z.numpy(), **{k: rows[k].numpy() for k in ("y", "w", "task", "holdout")}}
+
+
+def feature_chunks(n_tasks: int) -> list[list[int]]:
+    """The chunks of ``CHUNK_TASKS`` consecutive tasks that stage 2 rolls out together."""
+    return [c.tolist() for c in np.array_split(np.arange(n_tasks), -(-n_tasks // CHUNK_TASKS))]
 
 
 def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], projector: Projector, cfg: EstimateConfig,
@@ -99,7 +111,7 @@ def collect_features(policy: ActorCritic, factories: Sequence[EnvFactory], proje
     """
     n, steps = len(factories), cfg.transitions_per_task
     writer = GradientStore.create(path, n * steps, projector.dim, n)
-    chunks = [c.tolist() for c in np.array_split(np.arange(n), -(-n // CHUNK_TASKS))]
+    chunks = feature_chunks(n)
     jobs = [ChunkFeatureJob(policy, [factories[i] for i in c], c, projector, cfg, ppo, seed, device=device,
                             unseen=unseen) for c in chunks]
 

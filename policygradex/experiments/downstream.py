@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from policygradex.config import AdaptConfig, DownstreamConfig, PPOConfig
+from policygradex.config import AdaptConfig, DownstreamConfig, PPOConfig, TrainerName
 from policygradex.experiments.results import GroupingResult
 from policygradex.rl.evaluate import evaluate
 from policygradex.rl.maml import adapt
@@ -32,7 +32,7 @@ class GroupUnit:
 
     tasks: tuple[int, ...]
     tests: tuple[int, ...] = ()
-    trainer: str | None = None
+    trainer: TrainerName | None = None
     """A multi-task trainer baseline's trainer (trained and evaluated under the multi-task protocol); None for the
     run's own trainer and protocol."""
 

@@ -23,7 +23,7 @@ from policygradex import io
 from policygradex.cluster.grouping import group
 from policygradex.cluster.sdp import Grouping, partition
 from policygradex.cluster.significance import nmi, partition_values
-from policygradex.config import Config, check_fits
+from policygradex.config import Config, TrainerName, check_fits
 from policygradex.errors import PGXError
 from policygradex.estimate.features import check_features, collect_features
 from policygradex.estimate.projection import make_projector
@@ -300,17 +300,19 @@ class Pipeline:
         return {name: route(self.cfg.adapt.route_rule, test, train, groups, self.cfg.estimate.ridge)
                 for name, groups in groupings.items()}
 
-    def trainer_rows(self, grouping: Grouping) -> dict[str, tuple[list[list[int]], str]]:
+    def trainer_rows(self, grouping: Grouping) -> dict[str, tuple[list[list[int]], TrainerName]]:
         """The multi-task trainer baselines (``trainer_baselines``), name -> (groups, trainer): each trainer on every
         task as one policy; under the meta protocol also PolicyGradEx's groups by multi-task PPO, their comparison."""
         ds = self.cfg.downstream
-        rows = {trainer: (single_group(self.family.n_tasks), trainer) for trainer in ds.trainer_baselines}
+        rows: dict[str, tuple[list[list[int]], TrainerName]] = {
+            trainer: (single_group(self.family.n_tasks), trainer) for trainer in ds.trainer_baselines}
         if rows and ds.protocol == "meta":
             rows["policygradex-mt"] = (grouping.groups, "ppo")
         return rows
 
     def downstream(self, groupings: dict[str, list[list[int]]],
-                   trainer_rows: dict[str, tuple[list[list[int]], str]] | None = None) -> dict[str, GroupingResult]:
+                   trainer_rows: dict[str, tuple[list[list[int]], TrainerName]] | None = None,
+                   ) -> dict[str, GroupingResult]:
         """Train one policy per distinct group (a group shared by two groupings trains once), evaluate. The
         ``trainer_rows`` (``trainer_rows()``) train under the multi-task protocol with their own trainers."""
         ds, names = self.cfg.downstream, self.family.task_names
@@ -322,7 +324,7 @@ class Pipeline:
                 for t, g in enumerate(routes[name]):
                     tests_of.setdefault(tuple(groups[g]), []).append(t)
         own = {name: (groups, None) for name, groups in groupings.items()}
-        rows: dict[str, tuple[list[list[int]], str | None]] = {
+        rows: dict[str, tuple[list[list[int]], TrainerName | None]] = {
             **own, **{name: (groups, None if trainer == ds.trainer and ds.protocol == "multi-task" else trainer)
                       for name, (groups, trainer) in (trainer_rows or {}).items()}}
         units = sorted({GroupUnit(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), []))))

@@ -79,6 +79,10 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{x:.1f}"
 
 
+def _fmt4(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{x:+.4f}"
+
+
 def relative_gain(value: float, base: float) -> str:
     """The change from ``base`` to ``value`` relative to |base| (so that higher is better for negative returns
     too), with the absolute difference beside it: ``"+1.7% (+19.1)"``."""
@@ -426,6 +430,26 @@ def validation_blocks(out: Path) -> list[Block]:
                          f"episodes before and after). Estimated groups {v['estimated_groups']}, "
                          f"true groups {v['true_groups']}."),
                    ("table", (["measure", "ours", "paper"], rows))]
+    if (out / "generalization.json").exists():
+        g = read_json(out / "generalization.json")
+        rows = [[", ".join(map(str, r["subset"])), f"{r['trace']:.3g} ± {r['trace_se']:.2g}", f"{r['bound']:.4f}",
+                 f"{r['gap_transitions']:+.4f}", _fmt4(r["gap_tasks"])] for r in g["subsets"]]
+        summary = [f"{name}: Spearman {s['spearman']:.2f} with the bound, bound / |gap| median "
+                   f"{s['median_ratio']:.1f}, within 10x in {100 * s['within_10x']:.0f}% of subsets, bound >= gap in "
+                   f"{100 * s['bound_above_gap']:.0f}%" for name, s in
+                   (("gap to held-out transitions", g.get("gap_transitions")),
+                    ("gap to held-out tasks", g.get("gap_tasks"))) if s]
+        blocks += [("h2", "Validation: Hessian-based generalisation bound"),
+                   ("p", f"theta* fine-tuned on {len(g['subsets'])} sampled subsets ({g['finetune_steps_per_task']:,} "
+                         "PPO steps per task, the ground truth's fine-tunes). Loss: the surrogate's weighted logistic "
+                         "loss on stage 2's transitions at theta*; trace of its Hessian on the subset's fit rows by "
+                         f"Hutchinson ({g['hutchinson_probes']} probes, ± standard error); bound: Ju et al. (2022), "
+                         "sum over layers of sqrt(C max_x v^T H(x) v / n), without lower-order terms; gaps: mean "
+                         "loss on held-out rows of the same tasks, and on the other tasks' rows, minus the fit rows'. "
+                         + "; ".join(summary) + "."),
+                   ("table", (["subset", "Hessian trace", "bound", "gap (held-out transitions)",
+                               "gap (held-out tasks)"], rows)),
+                   _figure("figures/generalization.png")]
     if (out / "ablation.json").exists():
         a = read_json(out / "ablation.json")
         rows = [[r["setting"], str(r["value"]), str(r["m"]), str(r["k"]), f"{r['nmi']:.3f}",
@@ -435,6 +459,29 @@ def validation_blocks(out: Path) -> list[Block]:
                          "0.76 at 2, 4 and 8 layers (Meta-World), 21x-26x speedup."),
                    ("table", (["setting", "value", "m", "k", "NMI", "seconds"], rows))]
     return blocks
+
+
+def plot_generalization(path: Path, gen: dict[str, Any]) -> None:
+    """The bound against each observed gap, one point per subset, with the lines gap = bound and gap = bound / 10."""
+    import matplotlib.pyplot as plt
+
+    rows = gen["subsets"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
+    bound = np.array([r["bound"] for r in rows])
+    for key, name, marker in (("gap_transitions", "held-out transitions", "o"), ("gap_tasks", "held-out tasks", "s")):
+        pts = [(b, r[key]) for b, r in zip(bound, rows, strict=True) if r[key] is not None]
+        if pts:
+            rho = gen.get(key, {}).get("spearman")
+            ax.scatter(*np.array(pts).T, marker=marker, alpha=0.75,
+                       label=f"gap to {name}" + (f" (Spearman {rho:.2f})" if rho is not None else ""))
+    line = np.linspace(0, bound.max() * 1.05, 2)
+    ax.plot(line, line, "k--", lw=1, label="gap = bound")
+    ax.plot(line, line / 10, "k:", lw=1, label="gap = bound / 10")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("Hessian bound (Ju et al. 2022)")
+    ax.set_ylabel("observed generalisation gap\n(surrogate loss)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
 
 
 def plot_approx(path: Path, approx: dict[str, Any]) -> None:
@@ -576,6 +623,8 @@ def write_report(out: Path) -> None:
         blocks = [("h1", f"policygradex validation: {out.name}")]
     if (out / "approx.json").exists():
         plot_approx(out / "figures/approx.png", read_json(out / "approx.json"))
+    if (out / "generalization.json").exists():
+        plot_generalization(out / "figures/generalization.png", read_json(out / "generalization.json"))
     blocks += validation_blocks(out)
     write_text(out / "report.md", to_markdown(blocks))
     write_text(out / "report.html", to_html(blocks))

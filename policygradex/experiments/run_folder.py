@@ -21,9 +21,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from policygradex.config import diff
+from policygradex.config import Config, diff
 from policygradex.errors import PGXError
-from policygradex.io import read_json, write_json
+from policygradex.io import jsonable, read_json, write_json
 
 CONFIG_FILE = "config.json"
 TIMINGS_FILE = "timings.json"
@@ -89,7 +89,8 @@ class RunFolder:
             except ValueError:
                 raise PGXError(f"{config_path} is unreadable; use a new --out or delete that folder") from None
             changed = diff(before.get("family", {}), identity["family"], "family.") + diff(
-                {k: v for k, v in before.get("config", {}).items() if k in identity["config"]}, identity["config"])
+                {k: v for k, v in before.get("config", {}).items() if k in identity["config"]}, identity["config"],
+                defaults=jsonable(Config().identity()))
             if changed:
                 raise PGXError(
                     f"run folder {path} was made with a different configuration (changed: "

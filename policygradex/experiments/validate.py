@@ -5,6 +5,9 @@
 - ``ground_truth``: fine-tune theta* with PPO on the estimator's subsets, measure each member task's
   real return gain, cluster those gains the same way, compare with the estimate -> validation.json.
 - ``ablate``: NMI and estimation time against d, m, depth of theta* and projection back-end -> ablation.json.
+- ``generalization``: for fine-tunes of theta* on a sample of subsets, the Hessian trace of the surrogate loss,
+  the Hessian-weighted distance from theta* per layer, the bound of Ju et al. (2022) it implies and the
+  observed generalisation gaps (experiments/hessian.py) -> generalization.json.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from policygradex.cluster.significance import nmi, partition_values
 from policygradex.config import Config
 from policygradex.errors import PGXError
 from policygradex.estimate.affinity import affinity_from_scores
+from policygradex.estimate.features import chunk_rollout, feature_chunks
 from policygradex.estimate.projection import PROJECTORS, actor_layers, apply_step, scale_to_distance
 from policygradex.experiments.groupings import random_groups
+from policygradex.experiments.hessian import hessian_bound, hutchinson_trace, layer_quadratic_forms, surrogate_loss
 from policygradex.experiments.pipeline import Pipeline, derive_seed
 from policygradex.parallel import torch_threads
 from policygradex.rl.evaluate import evaluate
@@ -268,12 +273,94 @@ def validate_ablate(pipe: Pipeline) -> dict[str, Any]:
                       "speedup_by_depth": {"2": 21, "4": 24, "8": 26}}}
 
 
+# -- generalisation ---------------------------------------------------------------------------------------------
+def validate_generalization(pipe: Pipeline) -> dict[str, Any]:
+    """Per subset of a seeded sample of the estimator's: theta* fine-tuned on it exactly as ``ground-truth`` does
+    (same seeds, so the same fine-tunes), then on stage 2's own transitions at theta* (same seeds; rebuilt with
+    observations and actions), the surrogate loss of the fine-tuned actor: on the subset's fit rows (its
+    training data, n rows), on their held-out rows (same tasks, later steps) and on the other tasks' rows
+    (held-out tasks). The Hessian is that of the mean loss on the fit rows, at the fine-tuned parameters."""
+    family, cfg, v = pipe.family, pipe.cfg, pipe.cfg.validate
+    est = pipe.estimate()
+    policy = pipe.meta_policy()
+    seed = derive_seed(cfg.seed, "features")
+    chunks = [chunk_rollout(policy, family.factories(c), c, cfg.estimate, cfg.meta, seed)
+              for c in feature_chunks(family.n_tasks)]
+    data = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+    with torch.no_grad():
+        data["logp_star"] = policy.log_prob(policy.policy(data["obs"], data["seen_as"]), data["actions"])
+    layers = [[f"{name}.weight", f"{name}.bias"] for name, m in policy.actor.named_modules()
+              if isinstance(m, torch.nn.Linear)]
+    rng = np.random.default_rng(derive_seed(cfg.seed, "generalization-sample"))
+    m_est = len(est.subsets)
+    chosen = np.sort(rng.choice(m_est, min(v.generalization_subsets, m_est), replace=False))
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "hutchinson"))
+    rows = []
+    with pipe.progress.stage("generalization: fine-tune, Hessian", len(chosen)) as advance:
+        for s in chosen:
+            subset = np.flatnonzero(est.subsets[s]).tolist()
+            tuned = _finetune(policy, family, subset, cfg, derive_seed(cfg.seed, "ground-truth", int(s)))
+            inside = torch.isin(data["task"], torch.as_tensor(subset))
+            parts = {"fit": inside & ~data["holdout"], "held_out": inside & data["holdout"], "other_tasks": ~inside}
+            losses = {name: _surrogate_loss(tuned, data, rows_) for name, rows_ in parts.items() if rows_.any()}
+            params = {k: p.detach() for k, p in tuned.actor.named_parameters()}
+            star = dict(policy.actor.named_parameters())
+            move = {k: params[k] - star[k].detach() for k in params}
+
+            def mean_fit(p: dict[str, torch.Tensor], fit=losses["fit"]) -> torch.Tensor:
+                return fit(p).mean()
+
+            trace = hutchinson_trace(mean_fit, params, v.hutchinson_probes, gen)
+            forms = layer_quadratic_forms(losses["fit"], params, move, layers)
+            with torch.no_grad():
+                observed = {name: float(f(params).mean()) for name, f in losses.items()}
+                loss_bound = float(losses["fit"](params).max())
+            n_fit = int(parts["fit"].sum())
+            rows.append({
+                "subset": subset, "n": n_fit, "loss_bound": loss_bound,
+                "trace": trace["total"][0], "trace_se": trace["total"][1],
+                "trace_per_layer": [sum(trace[k][0] for k in names) for names in layers],
+                "distance_per_layer": [float(torch.cat([move[k].ravel() for k in names]).norm()) for names in layers],
+                "hessian_distance_per_layer": [float(q.mean()) for q in forms],
+                "hessian_distance_max_per_layer": [float(q.max()) for q in forms],
+                "bound": hessian_bound(forms, loss_bound, n_fit),
+                "loss": observed,
+                "gap_transitions": observed["held_out"] - observed["fit"],
+                "gap_tasks": observed["other_tasks"] - observed["fit"] if "other_tasks" in observed else None,
+            })
+            advance(1)
+    return {"family": family.name, "subsets": rows, **_bound_against_gaps(rows),
+            "hutchinson_probes": v.hutchinson_probes, "finetune_steps_per_task": v.finetune_steps_per_task}
+
+
+def _surrogate_loss(policy: ActorCritic, data: dict[str, torch.Tensor], rows: torch.Tensor):
+    return surrogate_loss(policy, data["obs"][rows], data["seen_as"][rows], data["actions"][rows], data["y"][rows],
+                          data["w"][rows], data["logp_star"][rows])
+
+
+def _bound_against_gaps(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spearman of the bound with each observed gap over the subsets, and how far above the gap the bound sits
+    (ratio bound / |gap|; the paper calls its bound non-vacuous where it is of the gap's order)."""
+    out: dict[str, Any] = {}
+    bound = np.array([r["bound"] for r in rows])
+    for gap in ("gap_transitions", "gap_tasks"):
+        pairs = [(b, r[gap]) for b, r in zip(bound, rows, strict=True) if r[gap] is not None]
+        if len(pairs) < 3:
+            continue
+        b, g = np.array(pairs).T
+        ratio = b / np.maximum(np.abs(g), 1e-12)
+        out[gap] = {"spearman": float(spearmanr(b, g).statistic), "median_ratio": float(np.median(ratio)),
+                    "within_10x": float(np.mean(ratio <= 10)), "bound_above_gap": float(np.mean(b >= g))}
+    return out
+
+
 def _with(cfg: Config, section: str, **changes: Any) -> Config:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
 STUDIES = {"approx": (validate_approx, "approx.json"), "ground-truth": (validate_ground_truth, "validation.json"),
-           "ablate": (validate_ablate, "ablation.json")}
+           "ablate": (validate_ablate, "ablation.json"),
+           "generalization": (validate_generalization, "generalization.json")}
 
 
 def run_study(study: str, family: TaskFamily, cfg: Config, out: str | Path, progress: bool = True) -> dict[str, Any]:

@@ -23,6 +23,7 @@ class CareNet(nn.Module):
     def __init__(self, obs_dim: int, context: torch.Tensor, width: int, head: nn.Module, n_encoders: int = 4) -> None:
         super().__init__()
         self.obs_dim = obs_dim
+        self.table: torch.Tensor
         self.register_buffer("table", context.to(torch.float32))  # (n_tasks, c), saved with the policy
         self.context_encoder = nn.Linear(context.shape[1], width)
         self.weights = nn.Parameter(torch.empty(n_encoders, width, obs_dim))

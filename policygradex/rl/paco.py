@@ -11,9 +11,14 @@ task can neither drag the shared Phi along nor stay stuck.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from policygradex.rl.policy import ActorCritic
 
 
 class PaCoNet(nn.Module):
@@ -64,7 +69,7 @@ class MaskOut:
         self.resets = 0
         """Task resets so far (a training statistic)."""
 
-    def __call__(self, policy: nn.Module, task: torch.Tensor, returns: torch.Tensor,
+    def __call__(self, policy: ActorCritic, task: torch.Tensor, returns: torch.Tensor,
                  values: torch.Tensor) -> torch.Tensor | None:
         """Tasks (bool, policy's task space) to leave out of the update on this rollout, or None. ``task``: each
         env's task id (envs,); ``returns``, ``values``: (steps, envs)."""
@@ -78,6 +83,7 @@ class MaskOut:
         skip[ids[bad]] = True
         with torch.no_grad():
             for net in (policy.actor, policy.critic):
+                assert isinstance(net, PaCoNet)
                 net.composition[skip] = net.composition[~skip].mean(0)
         self.resets += int(bad.sum())
         return skip
