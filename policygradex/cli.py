@@ -338,6 +338,27 @@ def compare_cmd(out: Path = OUT, family: str = FAMILY, seeds: int = typer.Option
     console.print(f"report: {Path(out) / 'report.html'}")
 
 
+@app.command("summary")
+def summary_cmd(folders: list[Path] = typer.Argument(..., help="compare folders (each holds a results.json)."),
+                out: Path = typer.Option(Path("results/summary.png"), "--out", help="The figure (PNG) to write.")
+                ) -> None:
+    """One figure over several ``compare`` folders: a panel per family, each method's mean and spread over seeds."""
+    from policygradex.experiments.report import plot_summary
+    from policygradex.experiments.results import read_compare_results
+
+    def action():
+        missing = [str(f) for f in folders if not (f / "results.json").is_file()]
+        if missing:
+            raise PGXError(f"no results.json in {', '.join(missing)}; give folders written by policygradex compare")
+        if out.suffix.lower() != ".png":
+            raise PGXError(f"--out {out} must end in .png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot_summary(out, [read_compare_results(f / "results.json") for f in folders])
+
+    _guarded(action)
+    print(f"summary: {out}")
+
+
 validate_app = typer.Typer(no_args_is_help=True, **PLAIN, help="The paper's claims measured in a run folder; each "
                            "study writes a JSON file there and a section of the report.")
 app.add_typer(validate_app, name="validate")

@@ -66,3 +66,13 @@ def test_compare_writes_tables_and_curves_and_resumes(compared):
 def test_compare_refuses_bad_input_in_one_line(tmp_path, args, message):
     result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "x"), *ARGS, *args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_summary_draws_one_panel_per_compare_folder_and_refuses_other_folders(compared, tmp_path):
+    out, _ = compared
+    figure = tmp_path / "summary.png"
+    result = CliRunner().invoke(app, ["summary", str(out), str(out), "--out", str(figure)])
+    assert result.exit_code == 0, result.output
+    assert figure.stat().st_size > 5000
+    bad = CliRunner().invoke(app, ["summary", str(tmp_path), "--out", str(figure)])
+    assert bad.exit_code == 2 and "no results.json" in bad.output and "Traceback" not in bad.output

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -459,6 +459,46 @@ def validation_blocks(out: Path) -> list[Block]:
                          "0.76 at 2, 4 and 8 layers (Meta-World), 21x-26x speedup."),
                    ("table", (["setting", "value", "m", "k", "NMI", "seconds"], rows))]
     return blocks
+
+
+def plot_summary(path: Path, results: Sequence[CompareResults]) -> None:
+    """One panel per ``compare`` folder: each method's score per seed (dots) and its mean +- std over seeds (bar),
+    the groupings of the main table first, then the multi-task optimisers; PolicyGradEx's mean as a line."""
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(min(MAX_FIG_WIDTH, 3.2 * cols), 3.4 * rows), squeeze=False,
+                             layout="constrained")
+    for ax, res in zip(axes.flat, results, strict=False):
+        methods = [m for m in (*MAIN, *TRAINER_ROWS) if m in res.methods]
+        x = np.arange(len(methods))
+        means = [res.methods[m].mean for m in methods]
+        ax.bar(x, means, yerr=[res.methods[m].std for m in methods], capsize=2,
+               color=["C3" if m.startswith("policygradex") else ("C0" if m in MAIN else "C2") for m in methods],
+               alpha=0.6)
+        for i, m in enumerate(methods):
+            ax.scatter(np.full(len(res.methods[m].per_seed), i), res.methods[m].per_seed, s=8, color="k", zorder=3)
+        ax.axhline(res.methods["policygradex"].mean, color="C3", lw=0.8, ls="--")
+        split = sum(m in MAIN for m in methods)
+        if split < len(methods):  # the optimisers: k = 1, scored on their training tasks
+            ax.axvline(split - 0.5, color="grey", lw=0.8)
+        ax.set_xticks(x, [SHORT.get(m, m) for m in methods], rotation=60, ha="right", fontsize=7)
+        seeds = len(res.seeds)
+        where = ("\nleft of the line: held-out test tasks; right: training tasks"
+                 if res.protocol == "meta" and split < len(methods) else "")
+        ax.set_title(f"{res.family}: {res.budget_steps_per_task:,} steps/task, {seeds} seed{'s' * (seeds > 1)}{where}",
+                     fontsize=8)
+        ax.set_ylabel(res.metric, fontsize=8)
+    for ax in list(axes.flat)[len(results):]:
+        ax.set_visible(False)
+    _save(fig, path)
+
+
+SHORT = {"policygradex": "PolicyGradEx", "single": "single", "random": "random", "gradient-similarity": "grad. sim.",
+         "independent": "independent", "ppo": "MTT (PPO)", "softmod": "SoftMod", "paco": "PaCo", "care": "CARE",
+         "pcgrad": "PCGrad", "policygradex-mt": "PGX groups, MT PPO"}
+"""Method names short enough for a figure's axis (groupings blue, optimisers green, PolicyGradEx red)."""
 
 
 def plot_generalization(path: Path, gen: dict[str, Any]) -> None:
