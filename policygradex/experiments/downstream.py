@@ -37,12 +37,15 @@ class GroupUnit:
     run's own trainer and protocol."""
 
     @property
+    def name(self) -> str:
+        """``group-0-3-4``, with a trainer of its own that trainer's name (``group-0-1-2.paco``)."""
+        return f"group-{'-'.join(map(str, self.tasks))}{f'.{self.trainer}' if self.trainer else ''}"
+
+    @property
     def file_name(self) -> str:
-        """``group-0-3-4.json``; with routed test tasks a checksum of their list is appended, with a trainer of
-        its own that trainer's name (``group-0-1-2.paco.json``)."""
+        """``name`` + ``.json``; with routed test tasks a checksum of their list before the suffix."""
         tests = f".tests-{zlib.crc32(repr(self.tests).encode()):08x}" if self.tests else ""
-        trainer = f".{self.trainer}" if self.trainer else ""
-        return f"group-{'-'.join(map(str, self.tasks))}{tests}{trainer}.json"
+        return f"{self.name}{tests}.json"
 
     def seeds(self, run_seed: int) -> tuple[int, int]:
         """(training seed, evaluation seed) of the group: set by its tasks alone, whichever groupings share it."""

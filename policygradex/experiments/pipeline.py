@@ -323,12 +323,11 @@ class Pipeline:
             for name, groups in groupings.items():
                 for t, g in enumerate(routes[name]):
                     tests_of.setdefault(tuple(groups[g]), []).append(t)
-        own = {name: (groups, None) for name, groups in groupings.items()}
-        rows: dict[str, tuple[list[list[int]], TrainerName | None]] = {
-            **own, **{name: (groups, None if trainer == ds.trainer and ds.protocol == "multi-task" else trainer)
-                      for name, (groups, trainer) in (trainer_rows or {}).items()}}
-        units = sorted({GroupUnit(tuple(g), tuple(sorted(set(tests_of.get(tuple(g), []))))
-                                  if trainer is None else (), trainer)
+        rows: dict[str, tuple[list[list[int]], TrainerName | None]] = {n: (g, None) for n, g in groupings.items()}
+        for name, (groups, trainer) in (trainer_rows or {}).items():
+            own = trainer == ds.trainer and ds.protocol == "multi-task"  # the run's own units: trained once
+            rows[name] = (groups, None if own else trainer)
+        units = sorted({GroupUnit(tuple(g), () if trainer else tuple(sorted(set(tests_of.get(tuple(g), [])))), trainer)
                         for groups, trainer in rows.values() for g in groups}, key=lambda u: -len(u.tasks))
         start = time.perf_counter()
 
@@ -340,7 +339,7 @@ class Pipeline:
                 train = dataclasses.replace(train, task_conditioned=True)
             return GroupJob(list(u.tasks), self.family, train, ds_u, self.cfg.adapt, seed,
                             eval_seed, [(t, derive_seed(self.cfg.seed, "test", t)) for t in u.tests],
-                            self._log_dir(f"group-{'-'.join(map(str, u.tasks))}{'.' + u.trainer if u.trainer else ''}"))
+                            self._log_dir(u.name))
 
         results, done = self.units(
             "4/5 train groups", units,
@@ -352,10 +351,9 @@ class Pipeline:
                 self.folder.record_time("downstream", self.seconds["downstream"])
         test_names = [t.name for t in self.family.test_tasks]
         out = {}
-        for name, (groups, trainer) in rows.items():
-            by_group = {u.tasks: res for u, res in results.items() if u.trainer == trainer}
-            out[name] = grouping_result(groups, by_group, names, routes.get(name) if trainer is None else None,
-                                        test_names)
+        for name, (groups, of) in rows.items():
+            by_group = {u.tasks: res for u, res in results.items() if u.trainer == of}
+            out[name] = grouping_result(groups, by_group, names, routes.get(name) if of is None else None, test_names)
         return out
 
     def units(self, label: str, keys: list[K], path_of: Callable[[K], Path | None], fn: Callable[[Any], dict],

@@ -160,8 +160,8 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     place) and ``task_ids``, each factory's task index in that policy's task space. ``arch`` picks the
     network of a new policy (``ARCHS`` in policy.py; ``context``, the tasks' metadata, for CARE). With
     ``log_dir``, every update's statistics and each task's episode return go to a TensorBoard event file there
-    (``rl/telemetry.py``). With
-    ``env_processes=2`` half of the envs step in a worker process (slow envs; the results do not change).
+    (``rl/telemetry.py``). With ``env_processes=2`` half of the envs step in a worker process (slow envs; the
+    results do not change).
     ``gradient_surgery`` combines the tasks' gradients by PCGrad (rl/pcgrad.py).
     """
     n_tasks = len(factories)
