@@ -485,7 +485,7 @@ def plot_summary(path: Path, results: Sequence[CompareResults]) -> None:
             ax.axvline(split - 0.5, color="grey", lw=0.8)
         ax.set_xticks(x, [SHORT.get(m, m) for m in methods], rotation=60, ha="right", fontsize=7)
         seeds = len(res.seeds)
-        where = ("\nleft of the line: held-out test tasks; right: training tasks"
+        where = ("\nleft: held-out test tasks | right: training tasks"
                  if res.protocol == "meta" and split < len(methods) else "")
         ax.set_title(f"{res.family}: {res.budget_steps_per_task:,} steps/task, {seeds} seed{'s' * (seeds > 1)}{where}",
                      fontsize=8)
