@@ -58,3 +58,15 @@ def test_maml_writes_its_outer_loss_and_query_returns(tmp_path):
     tags = {tag for _, tag, _ in read_scalars(next(tmp_path.glob("events.out.tfevents.*")))}
     assert {"maml/outer_loss", "maml/query_return", "query_return/task0", "query_return/task1"} <= tags
     assert len(res.stats) == len(res.curve) and all(np.isfinite(s["outer_loss"]) for s in res.stats)
+
+
+def test_summary_of_a_statistic_never_finite_is_nan_without_a_warning():
+    import math
+    import warnings
+
+    from policygradex.rl.telemetry import summarize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = summarize([{"kl": float("nan"), "loss": 1.0}, {"kl": float("nan"), "loss": 3.0}], last=1.0)
+    assert math.isnan(out["kl"]) and out["loss"] == 2.0

@@ -171,4 +171,9 @@ def summarize(history: list[dict[str, float]], last: float = 0.1) -> dict[str, f
         return {}
     tail = history[-max(1, int(len(history) * last)):]
     keys = sorted({k for h in tail for k in h})
-    return {k: float(np.nanmean([h.get(k, np.nan) for h in tail])) for k in keys}
+    out = {}
+    for k in keys:  # NaN where a statistic was never finite in the tail, without numpy's empty-slice warning
+        values = np.array([h.get(k, np.nan) for h in tail], dtype=float)
+        seen = values[~np.isnan(values)]
+        out[k] = float(seen.mean()) if seen.size else float("nan")
+    return out
