@@ -75,12 +75,8 @@ def label(method: str) -> str:
     return LABELS.get(method, method)
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{x:.1f}"
-
-
-def _fmt4(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{x:+.4f}"
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "n/a" if x is None or x != x else format(x, spec)
 
 
 def relative_gain(value: float, base: float) -> str:
@@ -433,7 +429,7 @@ def validation_blocks(out: Path) -> list[Block]:
     if (out / "generalization.json").exists():
         g = read_json(out / "generalization.json")
         rows = [[", ".join(map(str, r["subset"])), f"{r['trace']:.3g} ± {r['trace_se']:.2g}", f"{r['bound']:.4f}",
-                 f"{r['gap_transitions']:+.4f}", _fmt4(r["gap_tasks"])] for r in g["subsets"]]
+                 f"{r['gap_transitions']:+.4f}", _fmt(r["gap_tasks"], "+.4f")] for r in g["subsets"]]
         summary = [f"{name}: Spearman {s['spearman']:.2f} with the bound, bound / |gap| median "
                    f"{s['median_ratio']:.1f}, within 10x in {100 * s['within_10x']:.0f}% of subsets, bound >= gap in "
                    f"{100 * s['bound_above_gap']:.0f}%" for name, s in

@@ -295,6 +295,7 @@ def validate_generalization(pipe: Pipeline) -> dict[str, Any]:
     m_est = len(est.subsets)
     chosen = np.sort(rng.choice(m_est, min(v.generalization_subsets, m_est), replace=False))
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "hutchinson"))
+    star = {k: p.detach() for k, p in policy.actor.named_parameters()}
     rows = []
     with pipe.progress.stage("generalization: fine-tune, Hessian", len(chosen)) as advance:
         for s in chosen:
@@ -304,8 +305,7 @@ def validate_generalization(pipe: Pipeline) -> dict[str, Any]:
             parts = {"fit": inside & ~data["holdout"], "held_out": inside & data["holdout"], "other_tasks": ~inside}
             losses = {name: _surrogate_loss(tuned, data, rows_) for name, rows_ in parts.items() if rows_.any()}
             params = {k: p.detach() for k, p in tuned.actor.named_parameters()}
-            star = dict(policy.actor.named_parameters())
-            move = {k: params[k] - star[k].detach() for k in params}
+            move = {k: params[k] - star[k] for k in params}
 
             def mean_fit(p: dict[str, torch.Tensor], fit=losses["fit"]) -> torch.Tensor:
                 return fit(p).mean()
@@ -313,8 +313,9 @@ def validate_generalization(pipe: Pipeline) -> dict[str, Any]:
             trace = hutchinson_trace(mean_fit, params, v.hutchinson_probes, gen)
             forms = layer_quadratic_forms(losses["fit"], params, move, layers)
             with torch.no_grad():
-                observed = {name: float(f(params).mean()) for name, f in losses.items()}
-                loss_bound = float(losses["fit"](params).max())
+                per_row = {name: f(params) for name, f in losses.items()}
+            observed = {name: float(values.mean()) for name, values in per_row.items()}
+            loss_bound = float(per_row["fit"].max())
             n_fit = int(parts["fit"].sum())
             rows.append({
                 "subset": subset, "n": n_fit, "loss_bound": loss_bound,
