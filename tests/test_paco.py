@@ -6,7 +6,7 @@ import torch
 
 from policygradex.config import Config, ConfigError, DownstreamConfig, PPOConfig
 from policygradex.rl.evaluate import evaluate
-from policygradex.rl.paco import PaCoNet
+from policygradex.rl.paco import MaskOut, PaCoNet
 from policygradex.rl.ppo import train_ppo
 from policygradex.tasks.cartpole import CartPoleFactory
 
@@ -44,7 +44,8 @@ def test_paco_ppo_learns_a_forward_and_a_reversed_cartpole():
     factories = [CartPoleFactory(), CartPoleFactory(reversed=True)]
     env = factories[0]()
     cfg = PPOConfig(steps_per_task=16_384, envs_per_task=4, num_steps=128, hidden_sizes=(32, 32))
-    policy = train_ppo(factories, env.observation_space, env.action_space, cfg, 3, arch="paco").policy
+    policy = train_ppo(factories, env.observation_space, env.action_space, cfg, 3, arch="paco",
+                       mask_out=MaskOut()).policy
     returns = evaluate(policy, factories, episodes=5, seed=0, deterministic=False).returns
     assert np.all(returns > 60), returns
 
@@ -52,7 +53,6 @@ def test_paco_ppo_learns_a_forward_and_a_reversed_cartpole():
 def test_mask_out_leaves_a_diverging_task_out_and_resets_its_composition():
     """PaCo's stabilisers: task 2's value loss is far above the others', so its samples do not enter the update
     and its w becomes the mean of the others' (actor and critic)."""
-    from policygradex.rl.paco import MaskOut
     from policygradex.rl.policy import ActorCritic
     from policygradex.rl.ppo import adam, ppo_update
     from policygradex.rl.rollout import Rollout

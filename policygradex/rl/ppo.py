@@ -153,7 +153,8 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
               cfg: PPOConfig, seed: int, progress: Progress | None = None, policy: ActorCritic | None = None,
               task_ids: Sequence[int] | None = None, arch: Arch = "mlp",
               log_dir: str | Path | None = None, env_processes: int = 1,
-              gradient_surgery: bool = False, context: np.ndarray | None = None) -> TrainResult:
+              gradient_surgery: bool = False, context: np.ndarray | None = None,
+              mask_out: MaskOut | None = None) -> TrainResult:
     """Train one policy on the tasks behind ``factories``.
 
     By default a new policy whose task j is factories[j]. To fine-tune, pass ``policy`` (trained further in
@@ -162,7 +163,8 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     ``log_dir``, every update's statistics and each task's episode return go to a TensorBoard event file there
     (``rl/telemetry.py``). With ``env_processes=2`` half of the envs step in a worker process (slow envs; the
     results do not change).
-    ``gradient_surgery`` combines the tasks' gradients by PCGrad (rl/pcgrad.py).
+    ``gradient_surgery`` combines the tasks' gradients by PCGrad (rl/pcgrad.py); ``mask_out`` leaves diverging
+    tasks out of each update (PaCo's stabilisers, rl/paco.py; its resets are logged as ``paco_resets``).
     """
     n_tasks = len(factories)
     torch.manual_seed(seed)
@@ -176,7 +178,6 @@ def train_ppo(factories: Sequence[EnvFactory], observation_space: gym.spaces.Box
     runner = TaskRunner([factories[int(j)] for j in local], ids[local], seed=seed, gamma=cfg.gamma,
                         processes=env_processes)
     record = TrainingRecord(cfg.steps_per_task, cfg.num_steps * cfg.envs_per_task, n_tasks, progress, log_dir)
-    mask_out = MaskOut() if policy.arch == "paco" else None
     try:  # the envs (and an env worker process) are released whatever happens
         for it in range(record.iterations):
             record.anneal(optimizer, cfg.learning_rate, it)

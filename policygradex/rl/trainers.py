@@ -16,6 +16,7 @@ import numpy as np
 
 from policygradex.registry import Registry
 from policygradex.rl.maml import train_maml
+from policygradex.rl.paco import MaskOut
 from policygradex.rl.policy import Arch
 from policygradex.rl.ppo import TrainResult, train_ppo
 
@@ -32,11 +33,11 @@ class Trainer:
 
 
 def _train_ppo(job: GroupJob, arch: Arch, gradient_surgery: bool = False,
-               context: np.ndarray | None = None) -> TrainResult:
+               context: np.ndarray | None = None, mask_out: MaskOut | None = None) -> TrainResult:
     """Multi-task PPO. Under the meta protocol without task ids: the held-out test tasks it adapts to have none."""
     ppo = job.ppo if job.downstream.protocol == "multi-task" else dataclasses.replace(job.ppo, task_conditioned=False)
     return train_ppo(job.factories, job.family.observation_space, job.family.action_space, ppo, job.seed, arch=arch,
-                     log_dir=job.log_dir, gradient_surgery=gradient_surgery, context=context)
+                     log_dir=job.log_dir, gradient_surgery=gradient_surgery, context=context, mask_out=mask_out)
 
 
 def ppo_group(job: GroupJob) -> TrainResult:
@@ -50,8 +51,9 @@ def softmod_group(job: GroupJob) -> TrainResult:
 
 
 def paco_group(job: GroupJob) -> TrainResult:
-    """Multi-task PPO on a PaCo network: K shared parameter sets, one learned composition per task (rl/paco.py)."""
-    return _train_ppo(job, "paco")
+    """Multi-task PPO on a PaCo network: K shared parameter sets, one learned composition per task, with the
+    paper's loss mask-out and w-reset (rl/paco.py)."""
+    return _train_ppo(job, "paco", mask_out=MaskOut())
 
 
 def care_group(job: GroupJob) -> TrainResult:
