@@ -460,14 +460,15 @@ def bench_surrogate_cmd(
 def bench_grouping_cmd(
     families: str = typer.Option("copies,mild-cartpole,planted,planted-100x10,cartpole",
                                  help="Comma-separated; any of copies, mild-cartpole, planted, planted-100x10, "
-                                      "cartpole, lunar_lander."),
+                                      "lottery, cartpole, lunar_lander."),
     seeds: str = typer.Option("0-9", help="Seeds: a range 0-9 or a list 0,3,5."),
     n_tasks: int = typer.Option(8, help="Tasks of the copies and mild-cartpole families."),
     quick: bool = typer.Option(False, help="The families' quick budgets (a smoke run)."),
     family_seed: Optional[int] = typer.Option(  # noqa: UP045
         None, help="Draw every family with this seed (as compare does); default: each run's own seed."),
 ) -> None:
-    """Grouping against the known answer, per family and seed: k, NMI, null p-value, stability, seconds."""
+    """Grouping against the known answer, per family and seed: k, NMI (and gradient similarity's), null p-value,
+    stability, seconds."""
     from policygradex.experiments.bench import GROUPING_FAMILIES, bench_grouping
 
     chosen = [f.strip() for f in families.split(",") if f.strip()]

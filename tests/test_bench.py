@@ -1,11 +1,11 @@
-"""`bench ppo` and `bench routing` at tiny budgets: their rows hold what they promise."""
+"""`bench ppo`, `bench routing` and `bench grouping` at tiny budgets: their rows hold what they promise."""
 
 import json
 
 from typer.testing import CliRunner
 
 from policygradex.cli import app
-from policygradex.experiments.bench import bench_ppo
+from policygradex.experiments.bench import bench_grouping, bench_ppo
 
 
 def test_bench_ppo_trains_both_and_reports_rates_and_returns():
@@ -31,3 +31,10 @@ def test_bench_routing_counts_misrouted_test_tasks_per_rule():
         assert 1 <= row[f"{grouping}_k"] <= 4
         for rule in ("surrogate", "cosine"):
             assert 0 <= row[f"{grouping}_misrouted_{rule}"] <= n
+
+
+def test_bench_grouping_scores_both_methods_against_the_known_answer():
+    (row,) = bench_grouping(["lottery"], [0], quick=True)
+    assert row["family"] == "lottery" and row["k_expected"] == 3 and row["n"] == 12
+    assert 0 <= row["nmi_true"] <= 1 and 0 <= row["nmi_gradient_similarity"] <= 1
+    assert sorted(sum(([int(t[1:3]) for t in g] for g in row["groups"]), [])) == list(range(12))

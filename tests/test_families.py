@@ -17,14 +17,14 @@ from policygradex.cluster.significance import nmi
 FAMILIES = [("cartpole", 4), ("lunar_lander", 3), ("highway", 3), ("metaworld-mt10", 3),
             ("metaworld:reach-v3,push-v3", None), ("mo:deep-sea-treasure-v0", 3), ("mo:mo-lunar-lander-v3", 3),
             ("mo:mo-highway-fast-v0", 2),
-            ("planted", 6)]
+            ("planted", 6), ("lottery", 6)]
 
 
-def test_tasks_command_lists_all_seven_families():
+def test_tasks_command_lists_every_family():
     result = CliRunner().invoke(app, ["tasks"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     for name in ("cartpole", "lunar_lander", "highway", "metaworld-mt10", "metaworld:<envs>", "mo:<env id>",
-                 "planted"):
+                 "planted", "lottery"):
         assert name in result.output
 
 
@@ -115,3 +115,26 @@ def test_user_factories_run_through_every_stage_in_worker_processes(tmp_path):
     assert set(run.metrics.groupings["single"].per_task) == {"a", "b", "c"}
     res = pgx.estimate_affinity(fam, cfg, out=tmp_path / "run")  # reuses the run folder's stages
     assert np.array_equal(res.affinity, np.load(tmp_path / "run" / "affinity.npy"))
+
+
+def test_lottery_pays_noise_whatever_the_action_then_planteds_rule():
+    from policygradex.tasks import lottery, planted
+
+    fam, twin = pgx.make_family("lottery", seed=3), pgx.make_family("planted", seed=3)
+    assert fam.true_groups == twin.true_groups  # planted's clusters, the lottery on top
+    env = fam.tasks[0].make()
+    draws = []
+    for action in range(planted.N_ACTIONS):
+        obs, _ = env.reset(seed=7)
+        assert obs[-1] == 1.0 and not obs[:-1].any()  # the lottery's flag, no context
+        obs, reward, *_ = env.step(action)
+        draws.append((reward, obs.tolist()))
+    assert all(d == draws[0] for d in draws)  # same draw, same next context: the stream ignores the action
+    rewards = [env.reset(seed=s)[0] is not None and env.step(0)[1] for s in range(200)]
+    assert 0.8 * lottery.LOTTERY_SCALE < np.std(rewards) < 1.2 * lottery.LOTTERY_SCALE
+    obs, _ = env.reset(seed=1)
+    obs, *_ = env.step(0)
+    assert obs[-1] == 0.0
+    w = np.asarray(env.unwrapped.weights)
+    best = int(np.argmax(w @ obs[:-1]))
+    assert env.step(best)[1] == 1.0

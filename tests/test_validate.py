@@ -51,6 +51,9 @@ def test_studies_write_their_json_and_report_sections(validated):
                 "ground_truth_seconds", "speedup_wall", "speedup_flops"):
         assert key in v
     assert v["m_ground_truth"] == 4 and 0 <= v["nmi"] <= 1 and v["speedup_flops"] > 0
+    gradsim = v["gradient_similarity_groups"]  # the same k as the estimate, every task once
+    assert len(gradsim) == len(v["estimated_groups"]) and sorted(sum(gradsim, [])) == list(range(v["n_tasks"]))
+    assert 0 <= v["nmi_gradient_similarity"] <= 1 and 0 <= v["nmi_truth_vs_design"] <= 1  # planted has a design
     ablation = json.loads((validated / "ablation.json").read_text())
     assert {r["setting"] for r in ablation["rows"]} == {"d", "pair_coverage", "projector", "depth"}
     gen = json.loads((validated / "generalization.json").read_text())
@@ -60,7 +63,8 @@ def test_studies_write_their_json_and_report_sections(validated):
         assert r["gap_transitions"] == r["loss"]["held_out"] - r["loss"]["fit"]
     assert -1 <= gen["gap_transitions"]["spearman"] <= 1 and 0 <= gen["gap_transitions"]["within_10x"] <= 1
     report = (validated / "report.md").read_text()
-    for section in ("first-order approximation", "ground-truth grouping", "ablation", "generalisation bound"):
+    for section in ("first-order approximation", "ground-truth grouping", "ablation", "generalisation bound",
+                    "NMI gradient similarity (same k) vs true", "the family's designed one"):
         assert section in report
     assert (validated / "figures" / "approx.png").is_file() and (validated / "figures" / "generalization.png").is_file()
 

@@ -166,6 +166,7 @@ GROUPING_FAMILIES: dict[str, tuple[Callable[[int, int], Any], bool]] = {
     "mild-cartpole": (_mild_cartpole, True),
     "planted": (lambda n, seed: _builtin("planted", seed), False),
     "planted-100x10": (_planted_100, False),
+    "lottery": (lambda n, seed: _builtin("lottery", seed), False),
     "cartpole": (lambda n, seed: _builtin("cartpole", seed), False),
     "lunar_lander": (lambda n, seed: _builtin("lunar_lander", seed), False),
 }
@@ -182,7 +183,8 @@ def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quic
                    family_seed: int | None = None) -> Iterator[dict[str, Any]]:
     """One row per (family, seed): the grouping the default configuration gives, against the known answer
     (a family's true groups, one group for the families with nothing to split, or cartpole's force split),
-    with the null test's p-value, the bootstrap's stability and what the calibration cost. The family is
+    with the null test's p-value, the bootstrap's stability, what the calibration cost and, for the families
+    with a known answer, the NMI of gradient similarity's groups at the same k. The family is
     drawn with the run's seed, as ``policygradex run --seed S`` does, unless ``family_seed`` fixes it (as
     ``compare`` does)."""
     import dataclasses
@@ -200,6 +202,7 @@ def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quic
             with Pipeline(family, cfg, None, progress=False) as pipe:
                 est = pipe.estimate()
                 grouping = pipe.group(est)
+                gradsim = pipe.gradient_similarity_groups(grouping.k)
             total = time.perf_counter() - start
             secs = pipe.seconds
             truth = family.true_groups
@@ -212,6 +215,7 @@ def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quic
                    "family_seed": seed if family_seed is None else family_seed, "n": n, "m": int(len(est.subsets)),
                    "k": grouping.k, "k_expected": 1 if one_group else (len(truth) if truth else None),
                    "nmi_true": None if truth is None else round(nmi(truth, grouping.groups, n), 4),
+                   "nmi_gradient_similarity": None if truth is None else round(nmi(truth, gradsim, n), 4),
                    "null_p": None if grouping.null_p is None else round(grouping.null_p, 4),
                    "stability": None if conf is None else round(conf.stability, 4),
                    "estimate_seconds": round(sum(secs.get(k, 0.0) for k in ("meta_train", "features", "surrogate")),

@@ -268,10 +268,14 @@ class Pipeline:
             elif name == "independent":
                 out[name] = independent_groups(n)
             elif name == "gradient-similarity":
-                sim = cosine_matrix(self.features(self.meta_policy()).stats.b.numpy())
-                seed = derive_seed(self.cfg.seed, "gradsim")
-                out[name] = partition(sim, k, 0.0, c.sdp_solver, seed).groups
+                out[name] = self.gradient_similarity_groups(k)
         return out
+
+    def gradient_similarity_groups(self, k: int) -> list[list[int]]:
+        """The gradient-similarity baseline: the cosines of the tasks' mean projected gradients at theta*,
+        partitioned into k groups by the same SDP as PolicyGradEx's affinity."""
+        sim = cosine_matrix(self.features(self.meta_policy()).stats.b.numpy())
+        return partition(sim, k, 0.0, self.cfg.cluster.sdp_solver, derive_seed(self.cfg.seed, "gradsim")).groups
 
     def test_features(self) -> GradientStore:
         """Each test task's projected policy gradients at theta* (``route_steps`` transitions), what routing reads."""

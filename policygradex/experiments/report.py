@@ -413,8 +413,12 @@ def validation_blocks(out: Path) -> list[Block]:
         v = read_json(out / "validation.json")
         p = v["paper"]
         rows = [["NMI estimated vs true grouping", f"{v['nmi']:.3f}", f"{p['nmi'][0]}-{p['nmi'][1]}"],
-                ["NMI random grouping vs true", f"{v['nmi_random']:.3f}", f"about {p['nmi_random']}"],
-                ["Spearman f(S, i) vs true gain, within task (mean)", f"{v['spearman']:.3f}", ""],
+                ["NMI random grouping vs true", f"{v['nmi_random']:.3f}", f"about {p['nmi_random']}"]]
+        if "nmi_gradient_similarity" in v:  # folders from before this row keep their table
+            rows.append(["NMI gradient similarity (same k) vs true", f"{v['nmi_gradient_similarity']:.3f}", ""])
+        if v.get("nmi_truth_vs_design") is not None:
+            rows.append(["NMI true grouping vs the family's designed one", f"{v['nmi_truth_vs_design']:.3f}", ""])
+        rows += [["Spearman f(S, i) vs true gain, within task (mean)", f"{v['spearman']:.3f}", ""],
                 ["Spearman f(S, i) vs true gain, pooled", f"{v.get('spearman_pooled', float('nan')):.3f}", ""],
                 ["estimation seconds (stages 2-4)", f"{v['estimate_seconds']:.1f}", ""],
                 ["ground-truth seconds (measured subsets)", f"{v['ground_truth_seconds']:.1f}", ""],

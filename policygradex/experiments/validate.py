@@ -188,6 +188,8 @@ def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
     n = family.n_tasks
     rng = np.random.default_rng(derive_seed(cfg.seed, "nmi-random"))
     nmi_random = float(np.mean([nmi(random_groups(n, grouping.k, rng), truth.groups, n) for _ in range(200)]))
+    gradsim = pipe.gradient_similarity_groups(grouping.k)
+    designed = family.true_groups
     member = subsets.astype(bool)
     gt_seconds = float(sum(results[int(s)]["seconds"] for s in chosen))
     gt_for_all = gt_seconds * m_est / len(chosen)
@@ -196,6 +198,8 @@ def validate_ground_truth(pipe: Pipeline) -> dict[str, Any]:
     return {
         "family": family.name, "n_tasks": n, "m": m_est, "m_ground_truth": len(chosen),
         "nmi": nmi(grouping.groups, truth.groups, n), "nmi_random": nmi_random,
+        "nmi_gradient_similarity": nmi(gradsim, truth.groups, n), "gradient_similarity_groups": gradsim,
+        "nmi_truth_vs_design": None if designed is None else nmi(designed, truth.groups, n),
         "spearman": _within_task_spearman(est.scores[chosen], gains),
         "spearman_pooled": float(spearmanr(est.scores[chosen][member], gains[member]).statistic),
         "estimate_seconds": estimate_seconds, "ground_truth_seconds": gt_seconds,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policygradex.errors import PGXError
-from policygradex.tasks import cartpole, highway, lunar_lander, meta_world, multi_objective, planted
+from policygradex.tasks import cartpole, highway, lottery, lunar_lander, meta_world, multi_objective, planted
 from policygradex.tasks.family import Task, TaskFamily, describe_ranges
 
 
@@ -101,6 +101,15 @@ FAMILIES: dict[str, FamilyInfo] = {
         # Steps cost microseconds, and with 2,048 transitions per task the data's noise, not the subsets, limited
         # the affinity (NMI 0.65-0.82 in 4 of 10 seeds, at any number of subsets); 8,192 gave 1.0.
         defaults={"estimate": {"transitions_per_task": 8_192}},
+        quick={"meta": {"steps_per_task": 2_048}, "estimate": {"transitions_per_task": 2_048, "pair_coverage": 10}},
+    ),
+    "lottery": FamilyInfo(
+        lambda name, n, seed: lottery.make_family(n or 12, seed),
+        "planted plus a pure-noise lottery step per episode: gradient similarity and the surrogate disagree",
+        f"as planted; the lottery (reward noise of scale {lottery.LOTTERY_SCALE:g}) is the same for every task",
+        # The lottery adds noise of scale 30 / sqrt(episodes) to each task's evaluated return, and every group
+        # evaluates on episodes of its own: 100 episodes bring it to 3 per task (a bandit episode costs ~1 ms).
+        defaults={"estimate": {"transitions_per_task": 8_192}, "downstream": {"eval_episodes": 100}},
         quick={"meta": {"steps_per_task": 2_048}, "estimate": {"transitions_per_task": 2_048, "pair_coverage": 10}},
     ),
 }

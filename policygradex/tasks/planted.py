@@ -11,6 +11,7 @@ seconds: this family is the project's own check that the estimator finds real st
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -56,8 +57,11 @@ def make_env(weights: list[list[float]]) -> gym.Env:
     return PlantedEnv(np.array(weights))
 
 
-def make_family(n_tasks: int = 12, seed: int = 0, n_clusters: int = N_CLUSTERS) -> TaskFamily:
-    """``n_tasks`` tasks dealt round-robin into ``n_clusters`` hidden clusters (then shuffled)."""
+def clustered_family(name: str, make_task_env: Callable[[list[list[float]]], gym.Env], n_tasks: int, seed: int,
+                     n_clusters: int, description: str) -> TaskFamily:
+    """``n_tasks`` tasks dealt round-robin into ``n_clusters`` hidden clusters (then shuffled), task i's env
+    ``make_task_env(W_i)`` with W_i its cluster's best-action map plus ``TASK_NOISE``; ``description`` may
+    name ``{n_clusters}``. planted's tasks, and those of the families built on them (lottery)."""
     rng = np.random.default_rng([seed, 0x9A4])
     n_clusters = max(1, min(n_clusters, n_tasks))
     centres = rng.normal(size=(n_clusters, N_ACTIONS, OBS_DIM))
@@ -65,13 +69,20 @@ def make_family(n_tasks: int = 12, seed: int = 0, n_clusters: int = N_CLUSTERS) 
     tasks = []
     for i, c in enumerate(cluster_of):
         w = centres[c] + TASK_NOISE * rng.normal(size=(N_ACTIONS, OBS_DIM))
-        tasks.append(Task(f"p{i:02d}-c{c}", functools.partial(make_env, np.round(w, 4).tolist()),
+        tasks.append(Task(f"{name[0]}{i:02d}-c{c}", functools.partial(make_task_env, np.round(w, 4).tolist()),
                           {"cluster": int(c)}))
     return TaskFamily(
-        name="planted",
+        name=name,
         tasks=tasks,
         true_groups=[np.flatnonzero(cluster_of == c).tolist() for c in range(n_clusters)],
         spec={"n_tasks": n_tasks, "seed": seed, "n_clusters": n_clusters},
-        description=f"synthetic contextual bandits in {n_clusters} hidden clusters with conflicting best actions",
+        description=description.format(n_clusters=n_clusters),
         context_keys=(),  # a task's one param is its hidden cluster: metadata would hand CARE the answer
     )
+
+
+def make_family(n_tasks: int = 12, seed: int = 0, n_clusters: int = N_CLUSTERS) -> TaskFamily:
+    """``n_tasks`` tasks dealt round-robin into ``n_clusters`` hidden clusters (then shuffled)."""
+    return clustered_family(
+        "planted", make_env, n_tasks, seed, n_clusters,
+        "synthetic contextual bandits in {n_clusters} hidden clusters with conflicting best actions")
