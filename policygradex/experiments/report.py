@@ -484,11 +484,12 @@ def plot_summary(path: Path, results: Sequence[CompareResults]) -> None:
         if split < len(methods):  # the optimisers: k = 1, scored on their training tasks
             ax.axvline(split - 0.5, color="grey", lw=0.8)
         ax.set_xticks(x, [SHORT.get(m, m) for m in methods], rotation=60, ha="right", fontsize=7)
-        seeds = len(res.seeds)
+        n = len(res.seeds)
+        # a run from another base seed (compare --seed S) also drew another family: say which seeds
+        seeds = f"{n} seed{'s' * (n > 1)}" if res.seeds[0] == 0 else f"seeds {res.seeds[0]}-{res.seeds[-1]}"
         where = ("\nleft: held-out test tasks | right: training tasks"
                  if res.protocol == "meta" and split < len(methods) else "")
-        ax.set_title(f"{res.family}: {res.budget_steps_per_task:,} steps/task, {seeds} seed{'s' * (seeds > 1)}{where}",
-                     fontsize=8)
+        ax.set_title(f"{res.family}: {res.budget_steps_per_task:,} steps/task, {seeds}{where}", fontsize=8)
         ax.set_ylabel(res.metric, fontsize=8)
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)
