@@ -135,6 +135,6 @@ def test_lottery_pays_noise_whatever_the_action_then_planteds_rule():
     obs, _ = env.reset(seed=1)
     obs, *_ = env.step(0)
     assert obs[-1] == 0.0
-    w = np.asarray(env.unwrapped.weights)
+    w = np.asarray(env.unwrapped.weights)[:, :planted.OBS_DIM]  # without the flag's zero column
     best = int(np.argmax(w @ obs[:-1]))
     assert env.step(best)[1] == 1.0

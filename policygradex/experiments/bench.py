@@ -198,24 +198,24 @@ def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quic
         for seed in seeds:
             family = build(n_tasks, seed if family_seed is None else family_seed)
             cfg = dataclasses.replace(Config.for_family(family, quick), seed=seed)
-            start = time.perf_counter()
-            with Pipeline(family, cfg, None, progress=False) as pipe:
-                est = pipe.estimate()
-                grouping = pipe.group(est)
-                gradsim = pipe.gradient_similarity_groups(grouping.k)
-            total = time.perf_counter() - start
-            secs = pipe.seconds
             truth = family.true_groups
             if truth is None and name == "cartpole":
                 reversed_ = [i for i, t in enumerate(family.tasks) if t.params["reversed"]]
                 truth = [[i for i in range(family.n_tasks) if i not in reversed_], reversed_]
+            start = time.perf_counter()
+            with Pipeline(family, cfg, None, progress=False) as pipe:
+                est = pipe.estimate()
+                grouping = pipe.group(est)
+                gradsim = None if truth is None else pipe.gradient_similarity_groups(grouping.k)
+            total = time.perf_counter() - start
+            secs = pipe.seconds
             n = family.n_tasks
             conf = grouping.confidence
             yield {"bench": "grouping", "family": name, "seed": seed,
                    "family_seed": seed if family_seed is None else family_seed, "n": n, "m": int(len(est.subsets)),
                    "k": grouping.k, "k_expected": 1 if one_group else (len(truth) if truth else None),
                    "nmi_true": None if truth is None else round(nmi(truth, grouping.groups, n), 4),
-                   "nmi_gradient_similarity": None if truth is None else round(nmi(truth, gradsim, n), 4),
+                   "nmi_gradient_similarity": None if gradsim is None else round(nmi(truth, gradsim, n), 4),
                    "null_p": None if grouping.null_p is None else round(grouping.null_p, 4),
                    "stability": None if conf is None else round(conf.stability, 4),
                    "estimate_seconds": round(sum(secs.get(k, 0.0) for k in ("meta_train", "features", "surrogate")),

@@ -40,6 +40,10 @@ _MW_QUICK = {"meta": {"steps_per_task": 1_000, "num_steps": 500}, "train": {"ste
 _SLOW_QUICK = {"meta": {"steps_per_task": 128}, "train": {"steps_per_task": 64},
                "estimate": {"transitions_per_task": 64},
                "downstream": {**_META_RL["downstream"], "eval_episodes": 1}, "adapt": {"steps": 32, "route_steps": 32}}
+# Planted steps cost microseconds, and with 2,048 transitions per task the data's noise, not the subsets, limited
+# the affinity (NMI 0.65-0.82 in 4 of 10 seeds, at any number of subsets); 8,192 gave 1.0. lottery is planted's.
+_PLANTED = {"estimate": {"transitions_per_task": 8_192}}
+_PLANTED_QUICK = {"meta": {"steps_per_task": 2_048}, "estimate": {"transitions_per_task": 2_048, "pair_coverage": 10}}
 
 FAMILIES: dict[str, FamilyInfo] = {
     "cartpole": FamilyInfo(
@@ -98,10 +102,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         lambda name, n, seed: planted.make_family(n or 12, seed),
         "synthetic contextual bandits with a known grouping (family.true_groups)",
         f"hidden cluster ({planted.N_CLUSTERS} clusters) and a per-task perturbation of its best-action map",
-        # Steps cost microseconds, and with 2,048 transitions per task the data's noise, not the subsets, limited
-        # the affinity (NMI 0.65-0.82 in 4 of 10 seeds, at any number of subsets); 8,192 gave 1.0.
-        defaults={"estimate": {"transitions_per_task": 8_192}},
-        quick={"meta": {"steps_per_task": 2_048}, "estimate": {"transitions_per_task": 2_048, "pair_coverage": 10}},
+        defaults=_PLANTED,
+        quick=_PLANTED_QUICK,
     ),
     "lottery": FamilyInfo(
         lambda name, n, seed: lottery.make_family(n or 12, seed),
@@ -109,8 +111,8 @@ FAMILIES: dict[str, FamilyInfo] = {
         f"as planted; the lottery (reward noise of scale {lottery.LOTTERY_SCALE:g}) is the same for every task",
         # The lottery adds noise of scale 30 / sqrt(episodes) to each task's evaluated return, and every group
         # evaluates on episodes of its own: 100 episodes bring it to 3 per task (a bandit episode costs ~1 ms).
-        defaults={"estimate": {"transitions_per_task": 8_192}, "downstream": {"eval_episodes": 100}},
-        quick={"meta": {"steps_per_task": 2_048}, "estimate": {"transitions_per_task": 2_048, "pair_coverage": 10}},
+        defaults={**_PLANTED, "downstream": {"eval_episodes": 100}},
+        quick=_PLANTED_QUICK,
     ),
 }
 

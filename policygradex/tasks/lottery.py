@@ -36,19 +36,16 @@ LOTTERY_SCALE = 30.0
 agreed (PolicyGradEx 1.0, 1.0, 1.0; gradient similarity 1.0, 0.82, 1.0)."""
 
 
-class LotteryEnv(gym.Env):
-    """A lottery step (flag observation, reward N(0, LOTTERY_SCALE^2)) then planted's contextual bandit."""
-
-    metadata = {"render_modes": []}
+class LotteryEnv(planted.PlantedEnv):
+    """A lottery step (flag observation, reward N(0, LOTTERY_SCALE^2)) then planted's contextual bandit. The
+    best-action map gets a zero column for the flag, so planted's own step scores the other steps."""
 
     def __init__(self, weights: np.ndarray) -> None:
-        self.weights = np.asarray(weights, dtype=np.float64)
+        super().__init__(np.pad(np.asarray(weights, dtype=np.float64), ((0, 0), (0, 1))))
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (planted.OBS_DIM + 1,), np.float32)
-        self.action_space = gym.spaces.Discrete(planted.N_ACTIONS)
         self._x = np.zeros(planted.OBS_DIM + 1, dtype=np.float32)
-        self._t = 0
 
-    def _observe(self) -> np.ndarray:
+    def _context(self) -> np.ndarray:
         self._x = np.zeros(planted.OBS_DIM + 1, dtype=np.float32)
         if self._t == 0:
             self._x[-1] = 1.0  # the lottery's flag
@@ -56,19 +53,12 @@ class LotteryEnv(gym.Env):
             self._x[:-1] = self.np_random.normal(size=planted.OBS_DIM)
         return self._x.copy()
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self._t = 0
-        return self._observe(), {}
-
     def step(self, action):
-        if self._t == 0:
-            reward, best = LOTTERY_SCALE * float(self.np_random.normal()), -1  # no best action
-        else:
-            best = int(np.argmax(self.weights @ self._x[:-1]))
-            reward = 1.0 if int(action) == best else 0.0
+        if self._t > 0:
+            return super().step(action)
+        reward = LOTTERY_SCALE * float(self.np_random.normal())  # whatever the action
         self._t += 1
-        return self._observe(), reward, False, self._t >= planted.EPISODE_STEPS, {"best_action": best}
+        return self._context(), reward, False, False, {"best_action": -1}
 
 
 def make_env(weights: list[list[float]]) -> gym.Env:
