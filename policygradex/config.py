@@ -123,9 +123,10 @@ class ClusterConfig:
     bootstrap_draws: int = 20
     """Bootstrap data sets (each task's blocks drawn with replacement) behind the groups' confidence."""
     min_stability: float = 0.5
-    """A split chosen by the null test must also replicate: mean NMI between it and the groupings of the
-    bootstrap draws at least this, else one group (0 turns the check off). Measured (bench grouping): spurious
-    splits of identical or mildly different CartPoles scored 0.00-0.17, real splits (planted, cartpole) 0.5-1."""
+    """A split chosen by the null test must also replicate: no more groups than the bootstrap draws choose most
+    often, and mean NMI between it and the draws' groupings at least this, else one group (0 turns both checks
+    off). Measured (bench grouping): spurious splits of identical or mildly different CartPoles scored
+    0.00-0.17, real splits (planted, cartpole) 0.5-1."""
     block_length: int = 128
     """Consecutive transitions resampled together (they are correlated; single rows would understate noise)."""
     sdp_solver: str = "SCS"

@@ -9,7 +9,7 @@ import pytest
 
 import policygradex as pgx
 from policygradex.cli import build_config
-from policygradex.cluster.grouping import group
+from policygradex.cluster.grouping import group, modal_k
 from policygradex.cluster.significance import choose_k, partition_values
 from policygradex.config import ClusterConfig, Config
 from policygradex.errors import PGXError
@@ -52,8 +52,42 @@ def test_a_split_that_does_not_replicate_gives_way_to_one_group():
     dropped = group(U, ClusterConfig(), 0, null, noise)
     assert dropped.k == 1 and dropped.null_p <= 0.05 and "does not replicate" in dropped.reason
     assert dropped.confidence.stability > 0.5  # most noise draws are one group too: agreement with the answer
-    assert group(U, ClusterConfig(min_stability=0.0), 0, null, noise).k == 2  # the check off
+    assert "most often find no split" in dropped.reason
+    # draws that split in two, but never the same way: their modal k is 2, their stability low
+    shuffled = np.stack([A[np.ix_(p, p)] for A, p in ((block_affinity(2, rng), rng.permutation(12))
+                                                        for _ in range(10))])
+    unstable = group(U, ClusterConfig(), 0, null, shuffled)
+    assert unstable.k == 1 and "stability" in unstable.reason and "does not replicate" in unstable.reason
+    assert group(U, ClusterConfig(min_stability=0.0), 0, null, noise).k == 2  # the checks off
+    assert group(U, ClusterConfig(min_stability=0.0), 0, null, shuffled).k == 2
     assert group(U, ClusterConfig(k=2), 0, null, noise).k == 2  # a fixed k is never overruled
+
+
+def near_blocks(between: float, rng: np.random.Generator, noise: float = 0.3) -> np.ndarray:
+    """Tasks 0-3, 4-7, 8-11 in three blocks; the first two share ``between`` (1.0: they are one block)."""
+    label = np.repeat([0, 1, 2], 4)
+    signal = np.where(label[:, None] == label[None, :], 1.0, -0.5)
+    signal[:8, :8] = np.where(signal[:8, :8] == 1.0, 1.0, between)
+    U = signal + noise * rng.normal(size=(12, 12))
+    U = (U + U.T) / 2
+    np.fill_diagonal(U, 0.0)
+    return U
+
+
+def test_k_is_held_to_the_bootstrap_draws_modal_k_which_only_removes_groups():
+    assert modal_k([3, 2, 2, 3, 8]) == 2 and modal_k([2, 3, 3, 2]) == 2  # ties to fewer groups
+    rng = np.random.default_rng(3)
+    null = np.stack([partition_values(block_affinity(1, rng)) for _ in range(49)])
+    U = near_blocks(0.3, rng)
+    assert group(U, ClusterConfig(min_stability=0.0), 0, null, np.stack([U])).k == 3  # the data alone
+    # the draws see the first two blocks as one more often than apart
+    mostly_two = np.stack([near_blocks(1.0, rng) for _ in range(6)] + [near_blocks(0.3, rng) for _ in range(4)])
+    held = group(U, ClusterConfig(), 0, null, mostly_two)
+    assert held.k == 2 and held.confidence.draw_k.count(2) == 6 and "most often pick 2 (6 of 10)" in held.reason
+    assert held.groups == [list(range(8)), list(range(8, 12))]
+    apart = np.stack([block_affinity(4, rng) for _ in range(10)])  # the draws choose more groups: no effect
+    assert group(U, ClusterConfig(), 0, null, apart).k == 3
+    assert group(U, ClusterConfig(k=3), 0, null, mostly_two).k == 3  # a fixed k is never overruled
 
 
 def test_partition_values_are_the_sdp_objective_of_a_partition():

@@ -19,8 +19,9 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
     k is ``cfg.k`` when set, else chosen by ``cfg.trace_penalty`` when set, else by the null test at level
     ``cfg.alpha`` against ``null_values`` ((draws, K) partition values of affinities from data resampled
     with the tasks exchangeable; ``cluster/significance.py``). ``bootstrap`` ((draws, n, n) affinities) adds
-    co-membership confidence, and with k from the null test a split must also replicate: one whose bootstrap
-    stability is below ``cfg.min_stability`` gives way to one group.
+    co-membership confidence, and with k from the null test a split must also replicate: k is at most the
+    number of groups the bootstrap draws choose most often, and a split whose bootstrap stability is below
+    ``cfg.min_stability`` gives way to one group.
     """
     U = (np.asarray(affinity, dtype=float) + np.asarray(affinity, dtype=float).T) / 2
     n = len(U)
@@ -47,16 +48,46 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
     if bootstrap is not None and len(bootstrap):
         drawn = [rule(A)[0].groups for A in bootstrap]
         out.confidence = confidence(out.groups, drawn)
-        if chosen_by_test and out.k > 1 and out.confidence.stability < cfg.min_stability:
+        if chosen_by_test and out.k > 1 and cfg.min_stability > 0:
             assert test is not None  # k came from the null test
-            split, stability = out, out.confidence.stability
-            out = Grouping([list(range(n))], "null-test-unstable")
-            out.confidence = confidence(out.groups, drawn)
-            out.reason = (f"one group: a split into {split.k} beats the null at {cfg.alpha:.0%} (p = {test.p:.2f}) "
-                          f"but does not replicate on bootstrap resamples (stability {stability:.2f}"
-                          f" < {cfg.min_stability:g})")
+            out = _replicated(out, U, test, drawn, cfg, seed)
     if test is not None:
         out.null_p, out.p_values = test.p, test.p_by_k
+    return out
+
+
+def modal_k(draw_k: list[int]) -> int:
+    """The number of groups the bootstrap draws choose most often; ties go to the smaller (fewer groups)."""
+    counts = np.bincount(draw_k)
+    return int(np.argmax(counts))
+
+
+def _replicated(out: Grouping, U: np.ndarray, test: KChoice, drawn: list[list[list[int]]], cfg: ClusterConfig,
+                seed: int) -> Grouping:
+    """A k chosen by the null test, held to what replicates (module doc of ``cluster/significance.py``, step 3):
+    no more groups than the bootstrap draws choose most often, and a split whose stability is below
+    ``cfg.min_stability`` gives way to one group."""
+    assert out.confidence is not None  # set by the caller from the same draws
+    n, draw_k = len(U), out.confidence.draw_k
+    modal = modal_k(draw_k)
+    if modal < out.k:
+        chosen, shown = out.k, f"{sum(k == modal for k in draw_k)} of {len(draw_k)}"
+        out = (Grouping([list(range(n))], "null-test-unstable") if modal == 1 else
+               partition(U, modal, 0.0, cfg.sdp_solver, seed))
+        out.method = "sdp-null-test" if out.method == "sdp-fixed-k" else out.method
+        out.confidence = confidence(out.groups, drawn)
+        beats = f"splitting beats the null at {cfg.alpha:.0%} (p = {test.p:.2f})"
+        out.reason = (f"one group: {beats} but does not replicate: bootstrap resamples most often find no split "
+                      f"({shown})" if modal == 1
+                      else f"{modal} groups: {beats}; the data alone picks {chosen}, but bootstrap resamples most "
+                           f"often pick {modal} ({shown}), and k is held to what replicates")
+    if out.k > 1 and out.confidence.stability < cfg.min_stability:
+        split = out
+        out = Grouping([list(range(n))], "null-test-unstable")
+        out.confidence = confidence(out.groups, drawn)
+        out.reason = (f"one group: a split into {split.k} beats the null at {cfg.alpha:.0%} (p = {test.p:.2f}) "
+                      f"but does not replicate on bootstrap resamples (stability {split.confidence.stability:.2f}"
+                      f" < {cfg.min_stability:g})")
     return out
 
 

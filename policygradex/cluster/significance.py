@@ -17,6 +17,11 @@ groups. Then
 2. *How many?* k = argmax_k (V_k - q_k), q_k the null's (1 - alpha) quantile of V_k: the number of groups
    whose value exceeds what noise reaches by the most. Beyond the real groups a further split buys about
    what it buys on noise and the excess stops growing; the chosen k itself beats the null (V_k > q_k).
+3. *Does it replicate?* (``cluster/grouping.py``, with bootstrap draws.) Each bootstrap draw chooses its own
+   k by steps 1-2; k is at most the k they choose most often (ties to the smaller), and a split whose
+   bootstrap stability is below ``min_stability`` gives way to one group. The argmax of step 2 jumps where
+   two k's excesses are close (cartpole, seed 0: 2.00 for three groups, 1.62 for two); the draws' modal k
+   is the bagged, steadier answer, and capping by it only ever removes groups.
 
 First tried: splits one at a time against the null's same-rank eigenvalue of the centred affinity
 (parallel analysis). Exact and cheap, but on planted with 100 tasks in 10 clusters the later clusters'
