@@ -466,6 +466,8 @@ def bench_grouping_cmd(
     quick: bool = typer.Option(False, help="The families' quick budgets (a smoke run)."),
     family_seed: Optional[int] = typer.Option(  # noqa: UP045
         None, help="Draw every family with this seed (as compare does); default: each run's own seed."),
+    out: Optional[Path] = typer.Option(  # noqa: UP045
+        None, help="Keep each run's folder here and resume from it (re-measure a grouping rule in seconds)."),
 ) -> None:
     """Grouping against the known answer, per family and seed: k, NMI (and gradient similarity's), null p-value,
     stability, seconds."""
@@ -474,7 +476,7 @@ def bench_grouping_cmd(
     chosen = [f.strip() for f in families.split(",") if f.strip()]
     if unknown := [f for f in chosen if f not in GROUPING_FAMILIES]:
         raise _fail(f"unknown --families {unknown}; choose from {', '.join(GROUPING_FAMILIES)}")
-    _print_rows(bench_grouping(chosen, _seeds(seeds), n_tasks, quick, family_seed))
+    _print_rows(bench_grouping(chosen, _seeds(seeds), n_tasks, quick, family_seed, out))
 
 
 @bench_app.command("routing")

@@ -38,3 +38,17 @@ def test_bench_grouping_scores_both_methods_against_the_known_answer():
     assert row["family"] == "lottery" and row["k_expected"] == 3 and row["n"] == 12
     assert 0 <= row["nmi_true"] <= 1 and 0 <= row["nmi_gradient_similarity"] <= 1
     assert sorted(sum(([int(t[1:3]) for t in g] for g in row["groups"]), [])) == list(range(12))
+
+
+def test_bench_grouping_keeps_its_run_folders_and_resumes_from_them(tmp_path):
+    (first,) = bench_grouping(["planted"], [1], quick=True, family_seed=2, out=tmp_path)
+    folder = tmp_path / "planted-family2-seed1"
+    assert (folder / "groups.json").exists() and first["family_seed"] == 2
+    (folder / "groups.json").unlink()  # a new grouping rule: stage 4 alone is computed again
+    (again,) = bench_grouping(["planted"], [1], quick=True, family_seed=2, out=tmp_path)
+    assert (folder / "groups.json").exists()
+    def answer(row):
+        return {k: v for k, v in row.items() if not k.endswith("seconds")}
+
+    assert answer(again) == answer(first)
+    assert again["total_seconds"] < first["total_seconds"]

@@ -9,6 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -180,7 +181,7 @@ def _builtin(name: str, seed: int):
 
 
 def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quick: bool = False,
-                   family_seed: int | None = None) -> Iterator[dict[str, Any]]:
+                   family_seed: int | None = None, out: str | Path | None = None) -> Iterator[dict[str, Any]]:
     """One row per (family, seed): the grouping the default configuration gives, against the known answer
     (a family's true groups, one group for the families with nothing to split, or cartpole's force split),
     with the null test's p-value, the bootstrap's stability, what the calibration cost and, for the families
@@ -196,14 +197,16 @@ def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quic
     for name in families:
         build, one_group = GROUPING_FAMILIES[name]
         for seed in seeds:
-            family = build(n_tasks, seed if family_seed is None else family_seed)
+            drawn_with = seed if family_seed is None else family_seed
+            family = build(n_tasks, drawn_with)
             cfg = dataclasses.replace(Config.for_family(family, quick), seed=seed)
             truth = family.true_groups
             if truth is None and name == "cartpole":
                 reversed_ = [i for i, t in enumerate(family.tasks) if t.params["reversed"]]
                 truth = [[i for i in range(family.n_tasks) if i not in reversed_], reversed_]
+            folder = None if out is None else Path(out) / f"{name}-family{drawn_with}-seed{seed}"
             start = time.perf_counter()
-            with Pipeline(family, cfg, None, progress=False) as pipe:
+            with Pipeline(family, cfg, folder, progress=False) as pipe:
                 est = pipe.estimate()
                 grouping = pipe.group(est)
                 gradsim = None if truth is None else pipe.gradient_similarity_groups(grouping.k)
@@ -212,7 +215,7 @@ def bench_grouping(families: list[str], seeds: list[int], n_tasks: int = 8, quic
             n = family.n_tasks
             conf = grouping.confidence
             yield {"bench": "grouping", "family": name, "seed": seed,
-                   "family_seed": seed if family_seed is None else family_seed, "n": n, "m": int(len(est.subsets)),
+                   "family_seed": drawn_with, "n": n, "m": int(len(est.subsets)),
                    "k": grouping.k, "k_expected": 1 if one_group else (len(truth) if truth else None),
                    "nmi_true": None if truth is None else round(nmi(truth, grouping.groups, n), 4),
                    "nmi_gradient_similarity": None if gradsim is None else round(nmi(truth, gradsim, n), 4),
