@@ -75,7 +75,8 @@ def near_blocks(between: float, rng: np.random.Generator, noise: float = 0.3) ->
 
 
 def test_k_is_held_to_the_bootstrap_draws_modal_k_which_only_removes_groups():
-    assert modal_k([3, 2, 2, 3, 8]) == 2 and modal_k([2, 3, 3, 2]) == 2  # ties to fewer groups
+    assert modal_k([3, 2, 2, 2, 8], 3) == 2 and modal_k([2, 3, 3, 2], 3) == 3  # a tie keeps the data's k
+    assert modal_k([8, 8, 9, 9, 10], 10) == 8  # other ties: fewer groups
     rng = np.random.default_rng(3)
     null = np.stack([partition_values(block_affinity(1, rng)) for _ in range(49)])
     U = near_blocks(0.3, rng)

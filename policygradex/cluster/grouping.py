@@ -56,20 +56,21 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
     return out
 
 
-def modal_k(draw_k: list[int]) -> int:
-    """The number of groups the bootstrap draws choose most often; ties go to the smaller (fewer groups)."""
-    counts = np.bincount(draw_k)
-    return int(np.argmax(counts))
+def modal_k(draw_k: list[int], own: int) -> int:
+    """The number of groups the bootstrap draws choose most often; a tie with ``own`` (the data's k) keeps
+    ``own``, other ties go to the fewer groups."""
+    counts = np.bincount(draw_k, minlength=own + 1)
+    return own if counts[own] == counts.max() else int(np.argmax(counts))
 
 
 def _replicated(out: Grouping, U: np.ndarray, test: KChoice, drawn: list[list[list[int]]], cfg: ClusterConfig,
                 seed: int) -> Grouping:
     """A k chosen by the null test, held to what replicates (module doc of ``cluster/significance.py``, step 3):
-    no more groups than the bootstrap draws choose most often, and a split whose stability is below
+    no more groups than the bootstrap draws choose most often (``modal_k``), and a split whose stability is below
     ``cfg.min_stability`` gives way to one group."""
     assert out.confidence is not None  # set by the caller from the same draws
     n, draw_k = len(U), out.confidence.draw_k
-    modal = modal_k(draw_k)
+    modal = modal_k(draw_k, out.k)
     if modal < out.k:
         chosen, shown = out.k, f"{sum(k == modal for k in draw_k)} of {len(draw_k)}"
         out = (Grouping([list(range(n))], "null-test-unstable") if modal == 1 else
