@@ -308,3 +308,18 @@ def test_bad_device_is_a_one_line_error(tmp_path, device, message):
     result = _run(["--out", str(tmp_path / "x"), *QUICK, "--device", device])
     _assert_clean_error(result, message)
     assert not (tmp_path / "x").exists()
+
+
+def test_groups_of_an_older_grouping_rule_are_regrouped_not_reused(quick_run):
+    from policygradex.experiments.run_folder import RunFolder
+
+    path = quick_run / "groups.json"
+    current = json.loads(path.read_text())
+    older = {**current, "groups": [current["tasks"]], "k": 1, "reason": "an older rule's answer"}
+    del older["rule"]  # what groups.json held before the rule was versioned
+    path.write_text(json.dumps(older))
+    RunFolder(quick_run).seal("groups.json")  # intact, only older
+    result = CliRunner().invoke(app, ["run", "--family", "cartpole", "--out", str(quick_run), *QUICK])
+    assert result.exit_code == 0, result.output
+    assert "grouping rule 1" in result.output
+    assert json.loads(path.read_text()) == current

@@ -11,6 +11,11 @@ from policygradex.cluster.significance import KChoice, choose_k, confidence, par
 from policygradex.config import ClusterConfig
 from policygradex.errors import PGXError
 
+RULE_VERSION = 2
+"""Version of the rule that turns an affinity and its draws into groups, written into groups.json. Bump it when
+``group`` changes what it answers for the same inputs: a run folder then regroups instead of reusing the
+groups an older rule chose. 2: the replication cap by the bootstrap draws' modal k."""
+
 
 def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: np.ndarray | None = None,
           bootstrap: np.ndarray | None = None) -> Grouping:

@@ -23,8 +23,10 @@ from typing import Any, Self
 import numpy as np
 
 from policygradex import io
+from policygradex.cluster.grouping import RULE_VERSION
 from policygradex.cluster.sdp import Grouping
 from policygradex.cluster.significance import Confidence
+from policygradex.experiments.run_folder import Outdated
 
 Curve = list[list[float]]
 """A learning curve: [environment steps per task, value] points, the value NaN where nothing was measured."""
@@ -352,12 +354,15 @@ def write_groups(path: Path, g: Grouping, names: list[str]) -> None:
         "null_p": g.null_p,
         "p_values": g.p_values,
         "bootstrap_k": None if conf is None else conf.draw_k,
-        "reason": g.reason})
+        "reason": g.reason, "rule": RULE_VERSION})
 
 
 def read_groups(path: Path, names: list[str]) -> Grouping:
-    """The ``Grouping`` that ``write_groups`` wrote (task indices in ``names``' order)."""
+    """The ``Grouping`` that ``write_groups`` wrote (task indices in ``names``' order); ``Outdated`` when an
+    older grouping rule wrote it."""
     data = io.read_json(path)
+    if (rule := data.get("rule", 1)) != RULE_VERSION:
+        raise Outdated(f"was made by grouping rule {rule}, this version's is {RULE_VERSION}")
     co = path.with_name("co_membership.npy")
     conf = None if data.get("confidence") is None or not co.exists() else Confidence(
         np.load(co), np.array([data["confidence"][t] for t in names]), data["stability"], data["bootstrap_k"])

@@ -41,6 +41,11 @@ class _Missing(enum.Enum):
 MISSING: Final = _Missing.MISSING
 
 
+class Outdated(Exception):
+    """Raised by an artifact's reader for an artifact that an older version of its stage's rule made (the
+    message says which); ``RunFolder.reuse`` then recomputes it."""
+
+
 _LOCKS: dict[str, int] = {}
 """Run folders this process holds (path -> open lock file); the OS releases them when the process ends."""
 
@@ -146,6 +151,8 @@ class RunFolder:
         if problem is None:
             try:
                 return read(path)
+            except Outdated as exc:
+                problem = str(exc)
             except Exception as exc:  # unreadable although sealed
                 problem = f"is unreadable ({type(exc).__name__})"
         warn(f"{path} {problem}; recomputing it")
