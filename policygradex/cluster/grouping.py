@@ -73,26 +73,28 @@ def _replicated(out: Grouping, U: np.ndarray, test: KChoice, drawn: list[list[li
     """A k chosen by the null test, held to what replicates (module doc of ``cluster/significance.py``, step 3):
     no more groups than the bootstrap draws choose most often (``modal_k``), and a split whose stability is below
     ``cfg.min_stability`` gives way to one group."""
-    assert out.confidence is not None  # set by the caller from the same draws
-    n, draw_k = len(U), out.confidence.draw_k
+    conf = out.confidence
+    assert conf is not None  # set by the caller from the same draws
+    n, draw_k = len(U), conf.draw_k
     modal = modal_k(draw_k, out.k)
     if modal < out.k:
         chosen, shown = out.k, f"{sum(k == modal for k in draw_k)} of {len(draw_k)}"
         out = (Grouping([list(range(n))], "null-test-unstable") if modal == 1 else
                partition(U, modal, 0.0, cfg.sdp_solver, seed))
         out.method = "sdp-null-test" if out.method == "sdp-fixed-k" else out.method
-        out.confidence = confidence(out.groups, drawn)
+        out.confidence = conf = confidence(out.groups, drawn)
         beats = f"splitting beats the null at {cfg.alpha:.0%} (p = {test.p:.2f})"
         out.reason = (f"one group: {beats} but does not replicate: bootstrap resamples most often find no split "
                       f"({shown})" if modal == 1
                       else f"{modal} groups: {beats}; the data alone picks {chosen}, but bootstrap resamples most "
                            f"often pick {modal} ({shown}), and k is held to what replicates")
-    if out.k > 1 and out.confidence.stability < cfg.min_stability:
-        split = out
+    stability = conf.stability
+    if out.k > 1 and stability < cfg.min_stability:
+        split = out.k
         out = Grouping([list(range(n))], "null-test-unstable")
         out.confidence = confidence(out.groups, drawn)
-        out.reason = (f"one group: a split into {split.k} beats the null at {cfg.alpha:.0%} (p = {test.p:.2f}) "
-                      f"but does not replicate on bootstrap resamples (stability {split.confidence.stability:.2f}"
+        out.reason = (f"one group: a split into {split} beats the null at {cfg.alpha:.0%} (p = {test.p:.2f}) "
+                      f"but does not replicate on bootstrap resamples (stability {stability:.2f}"
                       f" < {cfg.min_stability:g})")
     return out
 

@@ -20,11 +20,11 @@ groups. Then
 3. *Does it replicate?* (``cluster/grouping.py``, with bootstrap draws.) Each bootstrap draw chooses its own
    k by steps 1-2; where the k they choose most often is smaller than the data's own, it replaces it (a tie
    with the data's k keeps it), and a split whose bootstrap stability is below ``min_stability`` gives way
-   to one group. The argmax of step 2 jumps where
-   two k's excesses are close (cartpole, seed 0: 2.00 for three groups, 1.62 for two; its draws chose 2 in 10
-   of 20, 3 in 9); the draws' modal k is the bagged, steadier answer, and capping by it only removes groups.
-   Ties keep the data's k because on many tasks the draws' k spreads (planted-100x10, seed 4: 8, 9 and 10
-   groups in 7, 6 and 7 draws; the data's 10 is right).
+   to one group. The argmax of step 2 jumps where two k's excesses are close (cartpole, seed 0: 2.00 for
+   three groups, 1.62 for two; its draws chose 2 in 10 of 20, 3 in 9); the draws' modal k is the bagged,
+   steadier answer, and capping by it only removes groups. Ties keep the data's k because on many tasks the
+   draws' k spreads (planted-100x10, seed 4: 8, 9 and 10 groups in 7, 6 and 7 draws; the data's 10 is
+   right).
 
 First tried: splits one at a time against the null's same-rank eigenvalue of the centred affinity
 (parallel analysis). Exact and cheap, but on planted with 100 tasks in 10 clusters the later clusters'
