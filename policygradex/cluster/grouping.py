@@ -42,11 +42,7 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
         if not chosen_by_test:
             return partition(A, cfg.k, cfg.trace_penalty or 0.0, cfg.sdp_solver, seed), test
         assert test is not None  # k comes from the null test, which needs null_values (checked above)
-        if test.k == 1:
-            return Grouping([list(range(n))], "null-test"), test
-        g = partition(A, test.k, 0.0, cfg.sdp_solver, seed)
-        g.method = "sdp-null-test" if g.method == "sdp-fixed-k" else g.method
-        return g, test
+        return _tested_k_groups(A, test.k, cfg, seed), test
 
     out, test = rule(U)
     out.reason = _reason(out.k, test, cfg)
@@ -59,6 +55,15 @@ def group(affinity: np.ndarray, cfg: ClusterConfig, seed: int = 0, null_values: 
     if test is not None:
         out.null_p, out.p_values = test.p, test.p_by_k
     return out
+
+
+def _tested_k_groups(U: np.ndarray, k: int, cfg: ClusterConfig, seed: int, one_group: str = "null-test") -> Grouping:
+    """The k groups of a k the null test chose (or held it to): one group (method ``one_group``), else the SDP's."""
+    if k == 1:
+        return Grouping([list(range(len(U)))], one_group)
+    g = partition(U, k, 0.0, cfg.sdp_solver, seed)
+    g.method = "sdp-null-test" if g.method == "sdp-fixed-k" else g.method
+    return g
 
 
 def modal_k(draw_k: list[int], own: int) -> int:
@@ -75,13 +80,11 @@ def _replicated(out: Grouping, U: np.ndarray, test: KChoice, drawn: list[list[li
     ``cfg.min_stability`` gives way to one group."""
     conf = out.confidence
     assert conf is not None  # set by the caller from the same draws
-    n, draw_k = len(U), conf.draw_k
+    draw_k = conf.draw_k
     modal = modal_k(draw_k, out.k)
     if modal < out.k:
         chosen, shown = out.k, f"{sum(k == modal for k in draw_k)} of {len(draw_k)}"
-        out = (Grouping([list(range(n))], "null-test-unstable") if modal == 1 else
-               partition(U, modal, 0.0, cfg.sdp_solver, seed))
-        out.method = "sdp-null-test" if out.method == "sdp-fixed-k" else out.method
+        out = _tested_k_groups(U, modal, cfg, seed, one_group="null-test-unstable")
         out.confidence = conf = confidence(out.groups, drawn)
         beats = f"splitting beats the null at {cfg.alpha:.0%} (p = {test.p:.2f})"
         out.reason = (f"one group: {beats} but does not replicate: bootstrap resamples most often find no split "
@@ -91,7 +94,7 @@ def _replicated(out: Grouping, U: np.ndarray, test: KChoice, drawn: list[list[li
     stability = conf.stability
     if out.k > 1 and stability < cfg.min_stability:
         split = out.k
-        out = Grouping([list(range(n))], "null-test-unstable")
+        out = Grouping([list(range(len(U)))], "null-test-unstable")
         out.confidence = confidence(out.groups, drawn)
         out.reason = (f"one group: a split into {split} beats the null at {cfg.alpha:.0%} (p = {test.p:.2f}) "
                       f"but does not replicate on bootstrap resamples (stability {stability:.2f}"
