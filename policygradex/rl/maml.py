@@ -20,7 +20,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 from torch.func import functional_call
 
 from policygradex.config import AdaptConfig, PPOConfig
@@ -130,7 +129,7 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Bo
             loss = sum((_outer_loss(policy, b, ppo, adapt_cfg) for b in batches), torch.zeros(())) / n_tasks
             optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), ppo.max_grad_norm)
+            optimizer.clip_grad_norm_(ppo.max_grad_norm)
             optimizer.step()
             losses.append(loss.detach())
         try:

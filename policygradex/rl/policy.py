@@ -9,6 +9,7 @@ build per-sample gradients without materialising them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -51,6 +52,42 @@ def mlp(n_in: int, hidden: tuple[int, ...], n_out: int, out_gain: float) -> nn.S
         n_in = width
     layers.append(_layer(n_in, n_out, out_gain))
     return nn.Sequential(*layers)
+
+
+Layers = list[tuple[torch.Tensor, torch.Tensor]]
+"""(weight, bias) of each Linear layer of an ``mlp``, input to output."""
+
+Trace = list[tuple[torch.Tensor, "torch.Tensor | None"]]
+"""Per Linear layer of an ``mlp_forward``: (its input, sigmoid(2z) where the Tanh before it took the sigmoid
+form, else None): what a hand-written backward pass reads (rl/ppo_grad.py)."""
+
+
+def mlp_layers(net: nn.Module) -> Layers | None:
+    """The (weight, bias) pairs of ``net`` when it is Linear, (Tanh, Linear)*, as ``mlp`` builds it; else None."""
+    if not isinstance(net, nn.Sequential):
+        return None
+    modules = list(net)
+    if len(modules) % 2 == 0 or any(type(m) is not (nn.Linear if i % 2 == 0 else Tanh) for i, m in enumerate(modules)):
+        return None
+    linears = modules[::2]
+    return None if any(m.bias is None for m in linears) else [(m.weight, m.bias) for m in linears]
+
+
+def mlp_forward(layers: Layers, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
+    """``mlp``'s output by the same ops as its modules, without the module calls (a third of a small policy's
+    time per rollout step). With ``trace``, what the backward pass reads is appended to it (``Trace``)."""
+    h, s = x, None
+    for i, (w, b) in enumerate(layers):
+        if trace is not None:
+            trace.append((h, s))
+        h = nn.functional.linear(h, w, b)
+        if i < len(layers) - 1:
+            if h.numel() < Tanh.LARGE or h.is_cuda:
+                h, s = torch.tanh(h), None
+            else:
+                s = torch.sigmoid(h + h)
+                h = s.mul(2).sub_(1)
+    return h
 
 
 class SoftModularNet(nn.Module):
@@ -193,17 +230,27 @@ class ActorCritic(nn.Module):
         return dist.sample()
 
     def sample(self, obs: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action, log pi(action|s, task)) sampled from the policy; for rollouts, without building a
-        ``Categorical`` per step (a quarter of a small policy's step time)."""
-        logits = self.actor(self.inputs(obs, task))
-        if self.continuous:
-            dist = self.distribution(logits)
-            action = dist.sample()
-            return action, self.log_prob(dist, action)
-        log_p = logits.log_softmax(-1)
-        # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from p, in half of torch.multinomial's time
-        action = (log_p - torch.empty_like(log_p).exponential_().clamp_min_(1e-30).log_()).argmax(-1, keepdim=True)
-        return action.squeeze(-1), log_p.gather(-1, action).squeeze(-1)
+        """(action, log pi(action|s, task)) sampled from the policy."""
+        return self.sampler()(obs, task)
+
+    def sampler(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``sample`` for a rollout, whose parameters stay put: the mlp actor's layers looked up once and called
+        without modules, and no ``Categorical`` built per step (together half of a small policy's step time)."""
+        layers = mlp_layers(self.actor)
+        actor = self.actor if layers is None else functools.partial(mlp_forward, layers)
+
+        def sample(obs: torch.Tensor, task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = actor(self.inputs(obs, task))
+            if self.continuous:
+                dist = self.distribution(logits)
+                action = dist.sample()
+                return action, self.log_prob(dist, action)
+            log_p = logits.log_softmax(-1)
+            # Gumbel-max: argmax(log p - log E), E ~ Exp(1), is a draw from p, in half of torch.multinomial's time
+            noise = torch.empty_like(log_p).exponential_().clamp_min_(1e-30).log_()
+            action = (log_p - noise).argmax(-1, keepdim=True)
+            return action.squeeze(-1), log_p.gather(-1, action).squeeze(-1)
+        return sample
 
     def evaluate_actions(self, x: torch.Tensor,
                          action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

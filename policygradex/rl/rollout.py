@@ -95,9 +95,10 @@ class TaskRunner:
         cut = np.zeros((num_steps, n_envs), dtype=bool)  # episodes cut off by a time limit: bootstrapped below
         cut_obs: list[np.ndarray] = []  # their final observations, in the order np.nonzero(cut) lists them
         finished: list[tuple[int, float]] = []
+        sample = policy.sampler()
         for t in range(num_steps):
             obs[t] = self.obs
-            action, logprob = policy.sample(self.obs, self.task)
+            action, logprob = sample(self.obs, self.task)
             actions.append(action)
             logprobs.append(logprob)
             next_obs, reward, terminated, truncated, info = self.envs.step(policy.env_action(action))
