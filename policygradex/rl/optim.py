@@ -62,8 +62,9 @@ class Adam:
             self.steps.add_(1)
         else:
             self.steps[with_grad] += 1
-        params = [self.params[i] for i in with_grad]
-        torch._fused_adam_(params, [p.grad for p in params], [self.moments[i][0] for i in with_grad],
+        params: list[torch.Tensor] = [self.params[i] for i in with_grad]
+        grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
+        torch._fused_adam_(params, grads, [self.moments[i][0] for i in with_grad],
                            [self.moments[i][1] for i in with_grad], [], [self.step_of[i] for i in with_grad],
                            lr=float(self.param_groups[0]["lr"]), beta1=self.betas[0], beta2=self.betas[1],
                            weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)

@@ -69,7 +69,7 @@ def mlp_layers(net: nn.Module) -> Layers | None:
     modules = list(net)
     if len(modules) % 2 == 0 or any(type(m) is not (nn.Linear if i % 2 == 0 else Tanh) for i, m in enumerate(modules)):
         return None
-    linears = modules[::2]
+    linears: list[nn.Linear] = modules[::2]  # type: ignore[assignment]
     return None if any(m.bias is None for m in linears) else [(m.weight, m.bias) for m in linears]
 
 
