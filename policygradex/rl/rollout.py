@@ -89,39 +89,43 @@ class TaskRunner:
 
     def _collect(self, policy: ActorCritic, num_steps: int) -> Rollout:
         n_envs = len(self.task)
-        obs = torch.zeros((num_steps + 1, n_envs, *self.obs.shape[1:]))  # the last row: what follows the rollout
+        obs = np.zeros((num_steps + 1, n_envs, *self.obs.shape[1:]), np.float32)  # the last row: what follows
+        obs[0] = self.obs.numpy()
         actions, logprobs = [], []
         rewards, dones = np.zeros((num_steps, n_envs), np.float32), np.zeros((num_steps, n_envs), np.float32)
         cut = np.zeros((num_steps, n_envs), dtype=bool)  # episodes cut off by a time limit: bootstrapped below
         cut_obs: list[np.ndarray] = []  # their final observations, in the order np.nonzero(cut) lists them
         finished: list[tuple[int, float]] = []
+        task_of = self.task.tolist()
         sample = policy.sampler()
-        for t in range(num_steps):
-            obs[t] = self.obs
+        for t in range(num_steps):  # numpy bookkeeping, and only where an episode ended: this loop is hot
             action, logprob = sample(self.obs, self.task)
             actions.append(action)
             logprobs.append(logprob)
             next_obs, reward, terminated, truncated, info = self.envs.step(policy.env_action(action))
             rewards[t] = reward
             self.running_return += reward
-            cut[t] = truncated & ~terminated
-            if cut[t].any():
-                cut_obs.append(np.stack(info["final_obs"][cut[t]]))
+            if truncated.any():
+                cut[t] = truncated & ~terminated
+                if cut[t].any():
+                    cut_obs.append(np.stack(info["final_obs"][cut[t]]))
             done = terminated | truncated
-            for e in np.flatnonzero(done):
-                finished.append((int(self.task[e]), float(self.running_return[e])))
-                self.running_return[e] = 0.0
-            dones[t] = done
-            self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
-        obs[num_steps] = self.obs
+            if done.any():
+                dones[t] = done
+                for e in np.flatnonzero(done):
+                    finished.append((task_of[e], float(self.running_return[e])))
+                    self.running_return[e] = 0.0
+            obs[t + 1] = next_obs
+            self.obs = torch.from_numpy(obs[t + 1])
+        obs_t = torch.from_numpy(obs)
         # The critic once over the whole rollout, not once a step: the values do not depend on the sampling.
-        values = policy.value(obs.flatten(0, 1), self.task.repeat(num_steps + 1)).reshape(num_steps + 1, n_envs)
+        values = policy.value(obs_t.flatten(0, 1), self.task.repeat(num_steps + 1)).reshape(num_steps + 1, n_envs)
         reward_t = torch.as_tensor(rewards)
         if cut_obs:
             t_of, e_of = (torch.as_tensor(i) for i in np.nonzero(cut))
             final = policy.value(torch.as_tensor(np.concatenate(cut_obs), dtype=torch.float32), self.task[e_of])
             reward_t[t_of, e_of] += self.gamma * final
-        return Rollout(obs[:num_steps], torch.stack(actions), torch.stack(logprobs), reward_t, torch.as_tensor(dones),
+        return Rollout(obs_t[:num_steps], torch.stack(actions), torch.stack(logprobs), reward_t, torch.as_tensor(dones),
                        values[:num_steps], values[num_steps], self.task, finished)
 
     def close(self) -> None:
