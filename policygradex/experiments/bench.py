@@ -314,10 +314,12 @@ def bench_ppo(envs: list[str], seeds: list[int], steps: int | None = None,
     """Our ``train_ppo`` against Stable-Baselines3's PPO (the ``bench`` extra), side by side in this process, at
     the same hyper-parameters (8 envs x 128 steps, 4 epochs x 4 minibatches, separate 64x64 tanh actor and
     critic, orthogonal init, lr annealed to 0, clip 0.2, entropy 0.01, one torch thread) and step count; each
-    trainer's time includes building its envs. Ours steps half of a slow env's copies in a second process, as
-    stage 1 does (``env_processes`` in the row); Stable-Baselines3 steps them in one (``DummyVecEnv``).
+    trainer's time includes building its envs, after one untimed rollout's training of each. Ours steps half of
+    a slow env's copies in a second process, as stage 1 does (``env_processes`` in the row); Stable-Baselines3
+    steps them in one (``DummyVecEnv``).
     One row per env: environment steps per second of training (means over seeds), and the mean return of the
     trained policies, deterministic, over the same ``eval_episodes`` seeded episodes."""
+    import dataclasses
     import functools
 
     from policygradex.config import PPOConfig
@@ -332,6 +334,11 @@ def bench_ppo(envs: list[str], seeds: list[int], steps: int | None = None,
         seconds: dict[str, list[float]] = {"ours": [], "sb3": []}
         returns: dict[str, list[float]] = {"ours": [], "sb3": []}
         with torch_threads(1):
+            # one untimed rollout's training of each first: the rates are of training, not of a process's
+            # first use of torch, gymnasium and the env
+            warm = dataclasses.replace(cfg, steps_per_task=cfg.envs_per_task * cfg.num_steps)
+            for train in (functools.partial(_ours, processes=processes), _sb3):
+                train(factory, warm, seeds[0])
             for seed in seeds:
                 for who, train in (("ours", functools.partial(_ours, processes=processes)), ("sb3", _sb3)):
                     took, act = train(factory, cfg, seed)
