@@ -56,6 +56,9 @@ def _rollout(seed: int, steps: int = 64, envs: int = 4, n_tasks: int = 2) -> Rol
 
 def test_ppo_update_trains_the_same_policy_with_either_gradient(monkeypatch):
     cfg = PPOConfig(num_minibatches=3, update_epochs=2)  # 256 rows: minibatches of 85, 85, 85 and 1
+    calls = []
+    by_hand = ppo_grad.loss_and_grad
+    monkeypatch.setattr(ppo_grad, "loss_and_grad", lambda *args: calls.append(1) or by_hand(*args))
     trained = []
     for fast in (True, False):
         monkeypatch.setattr(ppo_grad, "supports", lambda policy, fast=fast: fast)
@@ -65,6 +68,7 @@ def test_ppo_update_trains_the_same_policy_with_either_gradient(monkeypatch):
         stats = [ppo_update(policy, optimizer, _rollout(i), cfg, torch.Generator().manual_seed(i)) for i in range(3)]
         trained.append(([p.detach().clone() for p in policy.parameters()], stats))
     (fast_params, fast_stats), (slow_params, slow_stats) = trained
+    assert len(calls) == 3 * 2 * 4  # the hand-written path took every minibatch of the first run, none of the other
     assert fast_stats == slow_stats
     assert all(torch.equal(a, b) for a, b in zip(fast_params, slow_params, strict=True))
 
