@@ -17,7 +17,7 @@ from policygradex.estimate.subsets import sample_subsets
 from policygradex.estimate.surrogate import solve_subsets, subset_scores
 from policygradex.experiments.pipeline import Pipeline
 from policygradex.rl.policy import ActorCritic
-from policygradex.rl.ppo import ppo_update
+from policygradex.rl.ppo import adam, ppo_update
 from policygradex.rl.rollout import TaskRunner
 
 pytestmark = [pytest.mark.cuda,
@@ -69,7 +69,6 @@ def test_one_ppo_update_on_the_gpu():
     on_gpu = dataclasses.replace(rollout, **{f.name: getattr(rollout, f.name).to(GPU)
                                              for f in dataclasses.fields(rollout) if f.name != "episode_returns"})
     policy.to(GPU)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=1e-5)
-    stats = ppo_update(policy, optimizer, on_gpu, cfg, torch.Generator().manual_seed(0))
+    stats = ppo_update(policy, adam(policy, cfg.learning_rate), on_gpu, cfg, torch.Generator().manual_seed(0))
     assert all(np.isfinite(v) for v in stats.values())
     assert all(p.device.type == "cuda" and torch.isfinite(p).all() for p in policy.parameters())

@@ -26,11 +26,10 @@ class Adam:
         self.param_groups = [{"lr": lr}]
         self.eps, self.betas = eps, betas
         # Each parameter's step count is one entry of a float32 vector (torch.optim keeps one 0-dim tensor
-        # each), so that one op counts a step of all of them; the moments are created at a parameter's first
-        # gradient, as torch.optim does.
-        device = self.params[0].device if self.params else None
-        self.steps = torch.zeros(len(self.params), dtype=torch.float32, device=device)
-        self.step_of = list(self.steps.unbind())
+        # each), so that one op counts a step of all of them. Counts and moments are created at the first
+        # step, as torch.optim does, on the device the parameters are on by then.
+        self.steps: torch.Tensor | None = None
+        self.step_of: list[torch.Tensor] = []
         self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def zero_grad(self) -> None:
@@ -58,6 +57,9 @@ class Adam:
                 p = self.params[i]
                 self.moments[i] = (torch.zeros_like(p, memory_format=torch.preserve_format),
                                    torch.zeros_like(p, memory_format=torch.preserve_format))
+        if self.steps is None:
+            self.steps = torch.zeros(len(self.params), dtype=torch.float32, device=self.params[0].device)
+            self.step_of = list(self.steps.unbind())
         if len(with_grad) == len(self.params):
             self.steps.add_(1)
         else:
