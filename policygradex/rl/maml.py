@@ -66,11 +66,17 @@ def inner_update(policy: ActorCritic, params: Params, support: Rollout, adv: tor
     return {k: p - lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
 
 
-def with_params(policy: ActorCritic, params: Params) -> ActorCritic:
-    """A detached copy of ``policy`` with ``params`` loaded (for collecting rollouts at theta')."""
-    moved = copy.deepcopy(policy)
-    moved.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
-    return moved
+def with_params(policy: ActorCritic, params: Params, into: ActorCritic | None = None) -> ActorCritic:
+    """A detached copy of ``policy`` with ``params`` loaded (for collecting rollouts at theta'). With ``into``, a
+    copy made earlier is overwritten instead (a deep copy per task and iteration was 6% of a MAML training)."""
+    if into is None:
+        moved = copy.deepcopy(policy)
+        moved.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
+        return moved
+    with torch.no_grad():
+        for (name, theta), p in zip(policy.named_parameters(), into.parameters(), strict=True):
+            p.copy_(params.get(name, theta))
+    return into
 
 
 def _support_steps(adapt: AdaptConfig, n_envs: int) -> int:
@@ -107,6 +113,7 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Bo
     torch.manual_seed(seed)
     policy = ActorCritic(observation_space.shape[0], action_space, 1, ppo.hidden_sizes, task_conditioned=False)
     optimizer = adam(policy, ppo.learning_rate)
+    adapted_policy = copy.deepcopy(policy)  # theta' of the task at hand, for its query rollout
     runners = [TaskRunner([f] * n_envs, [0] * n_envs, seed=seed + 7919 * j, gamma=ppo.gamma)
                for j, f in enumerate(factories)]
     support_steps = _support_steps(adapt_cfg, n_envs)
@@ -119,7 +126,7 @@ def train_maml(factories: Sequence[EnvFactory], observation_space: gym.spaces.Bo
             support = runner.collect(policy, support_steps)
             s_adv, s_ret = _advantages(support, ppo)
             adapted = inner_update(policy, actor_params(policy), support, s_adv, adapt_cfg.inner_lr, False)
-            query = runner.collect(with_params(policy, adapted), ppo.num_steps)
+            query = runner.collect(with_params(policy, adapted, into=adapted_policy), ppo.num_steps)
             q_adv, q_ret = _advantages(query, ppo)
             batches.append((support, s_adv, s_ret, query, q_adv, q_ret))
             query_returns.append(_mean_return_per_task(query, np.zeros(1, dtype=int))[0])

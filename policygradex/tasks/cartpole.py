@@ -85,6 +85,9 @@ class CartPoleBatch(gym.vector.VectorEnv):
         self.total_mass = self.masspole + column("masscart")
         self.polemass_length = self.masspole * self.length
         self.force = np.where(column("reversed") > 0, -1.0, 1.0) * column("force_mag")
+        self.neg_force = -self.force
+        self.rewards = np.ones(n)
+        self.rewards.flags.writeable = False  # returned by every step, so nobody may write into it
         reference = CartPoleEnv()
         self.single_observation_space, self.single_action_space = reference.observation_space, reference.action_space
         self.observation_space = batch_space(self.single_observation_space, n)
@@ -115,14 +118,16 @@ class CartPoleBatch(gym.vector.VectorEnv):
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         x, x_dot, theta, theta_dot = self.state.T
-        force = np.where(np.asarray(actions) == 1, self.force, -self.force)
+        force = np.where(np.asarray(actions) == 1, self.force, self.neg_force)
         cos, sin = np.cos(theta), np.sin(theta)
         temp = (force + self.polemass_length * theta_dot**2 * sin) / self.total_mass
         theta_acc = (self.gravity * sin - cos * temp) / (
             self.length * (4.0 / 3.0 - self.masspole * cos**2 / self.total_mass))
         x_acc = temp - self.polemass_length * theta_acc * cos / self.total_mass
-        self.state = np.stack([x + self.TAU * x_dot, x_dot + self.TAU * x_acc,
-                               theta + self.TAU * theta_dot, theta_dot + self.TAU * theta_acc], axis=1)
+        state = np.empty_like(self.state)  # column by column: a third of np.stack's time for a few envs
+        state[:, 0], state[:, 1] = x + self.TAU * x_dot, x_dot + self.TAU * x_acc
+        state[:, 2], state[:, 3] = theta + self.TAU * theta_dot, theta_dot + self.TAU * theta_acc
+        self.state = state
         self.elapsed += 1
         terminated = (np.abs(self.state[:, 0]) > self.X_LIMIT) | (np.abs(self.state[:, 2]) > self.THETA_LIMIT)
         truncated = self.elapsed >= MAX_EPISODE_STEPS
@@ -136,7 +141,7 @@ class CartPoleBatch(gym.vector.VectorEnv):
                 self._draw_state(int(e))
             self.elapsed[done] = 0
             obs[done] = self.state[done]
-        return obs, np.ones(self.num_envs), terminated, truncated, info
+        return obs, self.rewards, terminated, truncated, info
 
 
 def _draw(rng: np.random.Generator, count: int, prefix: str) -> list[Task]:
