@@ -16,6 +16,7 @@ from policygradex.rl.rollout import Rollout, standardize
     (40, 4, (64, 64), 3),    # small: torch.tanh itself
     (100, 3, (32, 16, 8), 5),
     (1, 2, (8,), 2),
+    (16, 3, (), 2),          # no hidden layer: one Linear
 ])
 def test_hand_written_gradient_is_autograds_to_the_bit(n, n_actions, hidden, n_tasks):
     torch.manual_seed(n)
