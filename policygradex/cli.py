@@ -506,10 +506,11 @@ def _seeds(text: str) -> list[int]:
 @bench_app.command("ppo")
 def bench_ppo_cmd(
     envs: str = typer.Option("CartPole-v1,LunarLander-v3,reach-v3",
-                             help="Comma-separated; any of CartPole-v1, LunarLander-v3, reach-v3 (Meta-World)."),
+                             help="Comma-separated; any of CartPole-v1, LunarLander-v3, reach-v3 (Meta-World), "
+                                  "Pendulum-v1 (Gaussian actions, a cheap env)."),
     seeds: str = typer.Option("0-2", help="Seeds: a range 0-2 or a list 0,3,5."),
     steps: Optional[int] = typer.Option(  # noqa: UP045
-        None, help="Environment steps per training; default per env (100k, 200k, 50k)."),
+        None, help="Environment steps per training; default per env (100k, 200k, 50k, Pendulum 100k)."),
     eval_episodes: int = typer.Option(10, help="Episodes of the final return."),
 ) -> None:
     """train_ppo against Stable-Baselines3's PPO: steps/s and final return at the same settings (bench extra)."""

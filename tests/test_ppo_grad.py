@@ -11,19 +11,25 @@ from policygradex.rl.ppo import _loss_and_backward, adam, ppo_update
 from policygradex.rl.rollout import Rollout, standardize
 
 
-@pytest.mark.parametrize("n, n_actions, hidden, n_tasks", [
-    (256, 2, (64, 64), 1),   # a CartPole minibatch: the sigmoid form of tanh
-    (40, 4, (64, 64), 3),    # small: torch.tanh itself
-    (100, 3, (32, 16, 8), 5),
-    (1, 2, (8,), 2),
-    (16, 3, (), 2),          # no hidden layer: one Linear
+@pytest.mark.parametrize("n, n_actions, hidden, n_tasks, gaussian", [
+    (256, 2, (64, 64), 1, False),   # a CartPole minibatch: the sigmoid form of tanh
+    (40, 4, (64, 64), 3, False),    # small: torch.tanh itself
+    (100, 3, (32, 16, 8), 5, False),
+    (1, 2, (8,), 2, False),
+    (16, 3, (), 2, False),          # no hidden layer: one Linear
+    (256, 4, (64, 64), 1, True),    # Gaussian actions (Meta-World's 4)
+    (30, 2, (16,), 3, True),
 ])
-def test_hand_written_gradient_is_autograds_to_the_bit(n, n_actions, hidden, n_tasks):
+def test_hand_written_gradient_is_autograds_to_the_bit(n, n_actions, hidden, n_tasks, gaussian):
     torch.manual_seed(n)
-    policy = ActorCritic(6, gym.spaces.Discrete(n_actions), n_tasks, hidden)
+    space = gym.spaces.Box(-1, 1, (n_actions,)) if gaussian else gym.spaces.Discrete(n_actions)
+    policy = ActorCritic(6, space, n_tasks, hidden)
     assert ppo_grad.supports(policy)
+    if gaussian:
+        with torch.no_grad():
+            policy.log_std.copy_(torch.randn(n_actions) * 0.5)
     x = policy.inputs(torch.randn(n, 6), torch.randint(0, n_tasks, (n,)))
-    actions = torch.randint(0, n_actions, (n,))
+    actions = torch.randn(n, n_actions) if gaussian else torch.randint(0, n_actions, (n,))
     with torch.no_grad():
         current = policy.evaluate_actions(x, actions)[0]
     # old log-probabilities: equal for some rows (ratio exactly 1: max's tie), far off for others (clipped)
@@ -40,22 +46,23 @@ def test_hand_written_gradient_is_autograds_to_the_bit(n, n_actions, hidden, n_t
     assert any(g.abs().sum() > 0 for g in expected)
 
 
-def test_gaussian_policies_and_other_networks_fall_back_to_autograd():
-    box = gym.spaces.Box(-1, 1, (2,))
-    assert not ppo_grad.supports(ActorCritic(3, box, 2))
-    assert not ppo_grad.supports(ActorCritic(3, gym.spaces.Discrete(2), 2, arch="softmod"))
+def test_other_networks_fall_back_to_autograd():
+    for arch in ("softmod", "paco", "care"):
+        assert not ppo_grad.supports(ActorCritic(3, gym.spaces.Discrete(2), 2, arch=arch))
 
 
-def _rollout(seed: int, steps: int = 64, envs: int = 4, n_tasks: int = 2) -> Rollout:
+def _rollout(seed: int, gaussian: bool, steps: int = 64, envs: int = 4, n_tasks: int = 2) -> Rollout:
     g = torch.Generator().manual_seed(seed)
     shape = (steps, envs)
-    return Rollout(obs=torch.randn(*shape, 6, generator=g), actions=torch.randint(0, 3, shape, generator=g),
+    actions = torch.randn(*shape, 3, generator=g) if gaussian else torch.randint(0, 3, shape, generator=g)
+    return Rollout(obs=torch.randn(*shape, 6, generator=g), actions=actions,
                    logprobs=-torch.rand(shape, generator=g) - 0.5, rewards=torch.randn(shape, generator=g),
                    dones=(torch.rand(shape, generator=g) < 0.05).float(), values=torch.randn(shape, generator=g),
                    last_value=torch.randn(envs, generator=g), task=torch.arange(envs) % n_tasks)
 
 
-def test_ppo_update_trains_the_same_policy_with_either_gradient(monkeypatch):
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_ppo_update_trains_the_same_policy_with_either_gradient(monkeypatch, gaussian):
     cfg = PPOConfig(num_minibatches=3, update_epochs=2)  # 256 rows: minibatches of 85, 85, 85 and 1
     calls = []
     by_hand = ppo_grad.loss_and_grad
@@ -64,9 +71,10 @@ def test_ppo_update_trains_the_same_policy_with_either_gradient(monkeypatch):
     for fast in (True, False):
         monkeypatch.setattr(ppo_grad, "supports", lambda policy, fast=fast: fast)
         torch.manual_seed(0)
-        policy = ActorCritic(6, gym.spaces.Discrete(3), 2)
+        policy = ActorCritic(6, gym.spaces.Box(-1, 1, (3,)) if gaussian else gym.spaces.Discrete(3), 2)
         optimizer = adam(policy, 3e-3)
-        stats = [ppo_update(policy, optimizer, _rollout(i), cfg, torch.Generator().manual_seed(i)) for i in range(3)]
+        stats = [ppo_update(policy, optimizer, _rollout(i, gaussian), cfg, torch.Generator().manual_seed(i))
+                 for i in range(3)]
         trained.append(([p.detach().clone() for p in policy.parameters()], stats))
     (fast_params, fast_stats), (slow_params, slow_stats) = trained
     assert len(calls) == 3 * 2 * 4  # the hand-written path took every minibatch of the first run, none of the other

@@ -232,8 +232,10 @@ PPO_ENVS: dict[str, tuple[int, float]] = {
     "CartPole-v1": (100_000, 2.5e-3),
     "LunarLander-v3": (200_000, 3e-4),
     "reach-v3": (50_000, 3e-4),
+    "Pendulum-v1": (100_000, 3e-4),
 }
-"""Environments of ``bench ppo`` -> (default steps, learning rate); reach-v3 is Meta-World's (the metaworld extra)."""
+"""Environments of ``bench ppo`` -> (default steps, learning rate); reach-v3 is Meta-World's (the metaworld extra),
+Pendulum-v1 a cheap env with Gaussian actions (not in the default list)."""
 
 
 def _ppo_env(name: str) -> Callable[[], Any]:

@@ -1,4 +1,4 @@
-"""The PPO minibatch loss and its gradient for the ``mlp`` actor-critic with discrete actions, without autograd.
+"""The PPO minibatch loss and its gradient for the ``mlp`` actor-critic, without autograd.
 
 A 64x64 actor-critic minibatch is a few microseconds of arithmetic per op and several of bookkeeping: recording
 the graph and running autograd's engine were half of a CartPole PPO update. Here the forward pass keeps what the
@@ -9,13 +9,15 @@ the gradients are the same to the bit (tests/test_ppo_grad.py) and a seed trains
 The loss is ``ppo_update``'s (Schulman et al. 2017, eq. 9 with the value and entropy terms):
     L = mean_b max(-A_b r_b, -A_b clip(r_b, 1 - eps, 1 + eps)) - c_e mean_b H(pi(.|x_b))
         + c_v 0.5 mean_b (V(x_b) - R_b)^2
-with r_b = exp(log pi(a_b|x_b) - log pi_old(a_b|x_b)). ``supports`` says whether a policy can take this path;
-``ppo_update`` falls back to autograd where it cannot (Gaussian actions, other architectures, PCGrad).
+with r_b = exp(log pi(a_b|x_b) - log pi_old(a_b|x_b)), pi a softmax (Discrete actions) or a diagonal Gaussian
+(Box). ``supports`` says whether a policy can take this path; ``ppo_update`` falls back to autograd where it
+cannot (the other architectures, PCGrad).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -23,8 +25,8 @@ from policygradex.rl.policy import ActorCritic, Layers, Trace, mlp_forward, mlp_
 
 
 def supports(policy: ActorCritic) -> bool:
-    """Whether the hand-written gradient applies: the mlp architecture, discrete actions."""
-    return not policy.continuous and mlp_layers(policy.actor) is not None and mlp_layers(policy.critic) is not None
+    """Whether the hand-written gradient applies: the mlp architecture (discrete or Gaussian actions)."""
+    return mlp_layers(policy.actor) is not None and mlp_layers(policy.critic) is not None
 
 
 def _backward(layers: Layers, trace: Trace, grad: torch.Tensor) -> None:
@@ -53,8 +55,54 @@ def _upstream(n: int, ent_coef: float, vf_coef: float, device: torch.device) -> 
     pg = one.expand(n) / n  # d L / d pg_b
     return {"pg": pg, "pg_tie": pg / 2,
             "v_sq": (one * vf_coef * 0.5).expand(n) / n,  # d L / d (V_b - R_b)^2
-            "neg_entropy": (-(-one * ent_coef).expand(n) / n).unsqueeze(-1),  # d L / d (sum_a p log p)_b
+            "entropy": ((-one * ent_coef).expand(n) / n).unsqueeze(-1),  # d L / d H_b
             "zero": torch.zeros((), device=device)}
+
+
+class _Categorical:
+    """log pi(a|x) and the entropy of a softmax over the actor's output (what ``ActorCritic.evaluate_actions``
+    computes for Discrete actions), and their backward pass."""
+
+    def __init__(self, out: torch.Tensor, actions: torch.Tensor) -> None:
+        self.log_p = out.log_softmax(-1)
+        self.p = self.log_p.exp()
+        self.entropy = -(self.p * self.log_p).sum(-1)
+        self.index = actions[:, None]
+        self.logprob = self.log_p.gather(-1, self.index).squeeze(-1)
+
+    def backward(self, g_logprob: torch.Tensor, g_entropy: torch.Tensor) -> torch.Tensor:
+        """dL/d(actor output) from dL/d log pi_b (n,) and dL/dH_b (n, 1)."""
+        g = torch.zeros_like(self.log_p).scatter_add_(-1, self.index, g_logprob.unsqueeze(-1))
+        # H = -sum p log p, p = exp(log p): log p receives g p directly and (g log p) p through p
+        g_h = -g_entropy
+        g = g + g_h * self.p + g_h * self.log_p * self.p
+        return torch._log_softmax_backward_data(g, self.log_p, -1, self.log_p.dtype)
+
+
+class _Gaussian:
+    """log pi(a|x) and the entropy of a diagonal Gaussian, mean the actor's output and std exp(log_std) (as
+    ``torch.distributions.Normal`` computes them, summed over action dimensions), and their backward pass."""
+
+    def __init__(self, mu: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> None:
+        self.std = log_std.exp()
+        self.scale = self.std.expand_as(mu)
+        self.d = actions - mu
+        self.num, self.den = -(self.d ** 2), 2 * self.scale ** 2
+        log_scale = self.scale.log()
+        self.logprob = (self.num / self.den - log_scale - math.log(math.sqrt(2 * math.pi))).sum(-1)
+        self.entropy = (0.5 + 0.5 * math.log(2 * math.pi) + torch.log(self.scale)).sum(-1)
+
+    def backward(self, g_logprob: torch.Tensor, g_entropy: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        """dL/d(mean) from dL/d log pi_b (n,) and dL/dH_b (n, 1); sets ``log_std.grad``."""
+        g = g_logprob.unsqueeze(-1).expand_as(self.d)
+        g_num = g / self.den
+        g_den = -g * ((self.num / self.den) / self.den)
+        g_mu = -(-g_num * (2.0 * self.d))
+        # the std receives three gradients, summed in the order autograd's engine reaches them: log std in log pi,
+        # log std in H, then through the variance
+        g_scale = ((-g) / self.scale + g_entropy.expand_as(self.d) / self.scale) + g_den * 2 * (2.0 * self.scale)
+        log_std.grad = g_scale.sum(0) * self.std
+        return g_mu
 
 
 @torch.no_grad()
@@ -71,18 +119,16 @@ def loss_and_grad(policy: ActorCritic, x: torch.Tensor, actions: torch.Tensor, o
     v_trace: Trace = []
     a_trace: Trace = []
     value = mlp_forward(critic, x, v_trace).squeeze(-1)
-    log_p = mlp_forward(actor, x, a_trace).log_softmax(-1)
-    p = log_p.exp()
-    entropy_b = -(p * log_p).sum(-1)
-    index = actions[:, None]
-    logratio = log_p.gather(-1, index).squeeze(-1) - old_logprob
+    out = mlp_forward(actor, x, a_trace)
+    head = _Gaussian(out, policy.log_std, actions) if policy.continuous else _Categorical(out, actions)
+    logratio = head.logprob - old_logprob
     ratio = logratio.exp()
     neg_adv = -adv
     clipped = ratio.clamp(1 - clip_coef, 1 + clip_coef)
     unclipped_pg, clipped_pg = neg_adv * ratio, neg_adv * clipped
     pg = torch.max(unclipped_pg, clipped_pg)
     diff = value - returns
-    pg_loss, v_loss, entropy = pg.mean(), 0.5 * diff.pow(2).mean(), entropy_b.mean()
+    pg_loss, v_loss, entropy = pg.mean(), 0.5 * diff.pow(2).mean(), head.entropy.mean()
     loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
 
     # critic: d L / d V_b = c_v 0.5 / n * 2 (V_b - R_b)
@@ -95,10 +141,11 @@ def loss_and_grad(policy: ActorCritic, x: torch.Tensor, actions: torch.Tensor, o
     g_clipped = g_pg.masked_fill_(unclipped_pg > clipped_pg, 0)
     inside = (ratio >= 1 - clip_coef).logical_and_(ratio <= 1 + clip_coef)
     g_ratio = g_unclipped * neg_adv + torch.where(inside, g_clipped * neg_adv, c["zero"])
-    g_logp = torch.zeros_like(log_p).scatter_add_(-1, index, (g_ratio * ratio).unsqueeze(-1))
-    # entropy H = -sum p log p, p = exp(log p): log p receives g p directly and (g log p) p through p
-    g_h = c["neg_entropy"]
-    g_logp = g_logp + g_h * p + g_h * log_p * p
-    _backward(actor, a_trace, torch._log_softmax_backward_data(g_logp, log_p, -1, log_p.dtype))
+    g_logprob = g_ratio * ratio
+    if isinstance(head, _Gaussian):
+        g_out = head.backward(g_logprob, c["entropy"], policy.log_std)
+    else:
+        g_out = head.backward(g_logprob, c["entropy"])
+    _backward(actor, a_trace, g_out)
     return {"loss": loss, "pg_loss": pg_loss, "v_loss": v_loss, "entropy": entropy, "logratio": logratio,
             "ratio": ratio}
