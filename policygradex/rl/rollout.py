@@ -89,7 +89,11 @@ class TaskRunner:
 
     def _collect(self, policy: ActorCritic, num_steps: int) -> Rollout:
         n_envs = len(self.task)
-        obs = np.zeros((num_steps + 1, n_envs, *self.obs.shape[1:]), np.float32)  # the last row: what follows
+        # the last row: what follows the rollout. Written through a numpy view (cheaper per step than torch
+        # indexing) into torch's memory: a matrix product's last bits can depend on its operand's alignment, and
+        # the critic reads this buffer whole.
+        obs_t = torch.zeros((num_steps + 1, n_envs, *self.obs.shape[1:]))
+        obs = obs_t.numpy()
         obs[0] = self.obs.numpy()
         actions, logprobs = [], []
         rewards, dones = np.zeros((num_steps, n_envs), np.float32), np.zeros((num_steps, n_envs), np.float32)
@@ -116,8 +120,7 @@ class TaskRunner:
                     finished.append((task_of[e], float(self.running_return[e])))
                     self.running_return[e] = 0.0
             obs[t + 1] = next_obs
-            self.obs = torch.from_numpy(obs[t + 1])
-        obs_t = torch.from_numpy(obs)
+            self.obs = torch.as_tensor(next_obs, dtype=torch.float32)  # its own memory, for the same reason
         # The critic once over the whole rollout, not once a step: the values do not depend on the sampling.
         values = policy.value(obs_t.flatten(0, 1), self.task.repeat(num_steps + 1)).reshape(num_steps + 1, n_envs)
         reward_t = torch.as_tensor(rewards)
