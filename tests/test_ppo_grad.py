@@ -24,7 +24,8 @@ def test_hand_written_gradient_is_autograds_to_the_bit(n, n_actions, hidden, n_t
     torch.manual_seed(n)
     space = gym.spaces.Box(-1, 1, (n_actions,)) if gaussian else gym.spaces.Discrete(n_actions)
     policy = ActorCritic(6, space, n_tasks, hidden)
-    assert ppo_grad.supports(policy)
+    layers = ppo_grad.layers_of(policy)
+    assert layers is not None
     if gaussian:
         with torch.no_grad():
             policy.log_std.copy_(torch.randn(n_actions) * 0.5)
@@ -39,7 +40,7 @@ def test_hand_written_gradient_is_autograds_to_the_bit(n, n_actions, hidden, n_t
     loss = _loss_and_backward(policy, x, actions, old, adv, returns, cfg, None, torch.Generator())["loss"]
     expected = [p.grad.clone() for p in policy.parameters()]
     policy.zero_grad(set_to_none=True)
-    parts = ppo_grad.loss_and_grad(policy, x, actions, old, adv, returns, 0.2, 0.01, 0.5)
+    parts = ppo_grad.loss_and_grad(policy, layers, x, actions, old, adv, returns, 0.2, 0.01, 0.5)
     assert torch.equal(parts["loss"], loss)
     for (name, p), g in zip(policy.named_parameters(), expected, strict=True):
         assert torch.equal(p.grad, g), name
@@ -48,7 +49,7 @@ def test_hand_written_gradient_is_autograds_to_the_bit(n, n_actions, hidden, n_t
 
 def test_other_networks_fall_back_to_autograd():
     for arch in ("softmod", "paco", "care"):
-        assert not ppo_grad.supports(ActorCritic(3, gym.spaces.Discrete(2), 2, arch=arch))
+        assert ppo_grad.layers_of(ActorCritic(3, gym.spaces.Discrete(2), 2, arch=arch)) is None
 
 
 def _rollout(seed: int, gaussian: bool, steps: int = 64, envs: int = 4, n_tasks: int = 2) -> Rollout:
@@ -69,7 +70,8 @@ def test_ppo_update_trains_the_same_policy_with_either_gradient(monkeypatch, gau
     monkeypatch.setattr(ppo_grad, "loss_and_grad", lambda *args: calls.append(1) or by_hand(*args))
     trained = []
     for fast in (True, False):
-        monkeypatch.setattr(ppo_grad, "supports", lambda policy, fast=fast: fast)
+        if not fast:
+            monkeypatch.setattr(ppo_grad, "layers_of", lambda policy: None)
         torch.manual_seed(0)
         policy = ActorCritic(6, gym.spaces.Box(-1, 1, (3,)) if gaussian else gym.spaces.Discrete(3), 2)
         optimizer = adam(policy, 3e-3)

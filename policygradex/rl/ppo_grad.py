@@ -10,7 +10,7 @@ The loss is ``ppo_update``'s (Schulman et al. 2017, eq. 9 with the value and ent
     L = mean_b max(-A_b r_b, -A_b clip(r_b, 1 - eps, 1 + eps)) - c_e mean_b H(pi(.|x_b))
         + c_v 0.5 mean_b (V(x_b) - R_b)^2
 with r_b = exp(log pi(a_b|x_b) - log pi_old(a_b|x_b)), pi a softmax (Discrete actions) or a diagonal Gaussian
-(Box). ``supports`` says whether a policy can take this path; ``ppo_update`` falls back to autograd where it
+(Box). ``layers_of`` says whether a policy can take this path; ``ppo_update`` falls back to autograd where it
 cannot (the other architectures, PCGrad).
 """
 
@@ -24,9 +24,11 @@ import torch
 from policygradex.rl.policy import ActorCritic, Layers, Trace, mlp_forward, mlp_layers
 
 
-def supports(policy: ActorCritic) -> bool:
-    """Whether the hand-written gradient applies: the mlp architecture (discrete or Gaussian actions)."""
-    return mlp_layers(policy.actor) is not None and mlp_layers(policy.critic) is not None
+def layers_of(policy: ActorCritic) -> tuple[Layers, Layers] | None:
+    """The actor's and the critic's layers where the hand-written gradient applies (the mlp architecture, discrete
+    or Gaussian actions), else None; looked up once per update (6 us a lookup)."""
+    actor, critic = mlp_layers(policy.actor), mlp_layers(policy.critic)
+    return None if actor is None or critic is None else (actor, critic)
 
 
 def _backward(layers: Layers, trace: Trace, grad: torch.Tensor) -> None:
@@ -106,14 +108,14 @@ class _Gaussian:
 
 
 @torch.no_grad()
-def loss_and_grad(policy: ActorCritic, x: torch.Tensor, actions: torch.Tensor, old_logprob: torch.Tensor,
-                  adv: torch.Tensor, returns: torch.Tensor, clip_coef: float, ent_coef: float,
-                  vf_coef: float) -> dict[str, torch.Tensor]:
-    """Forward the minibatch, set every parameter's ``.grad`` to dL/dtheta and return the loss's parts
+def loss_and_grad(policy: ActorCritic, layers: tuple[Layers, Layers], x: torch.Tensor, actions: torch.Tensor,
+                  old_logprob: torch.Tensor, adv: torch.Tensor, returns: torch.Tensor, clip_coef: float,
+                  ent_coef: float, vf_coef: float) -> dict[str, torch.Tensor]:
+    """Forward the minibatch through ``layers`` (``layers_of(policy)``), set every parameter's ``.grad`` to
+    dL/dtheta and return the loss's parts
     (``loss``, ``pg_loss``, ``v_loss``, ``entropy``, ``logratio``, ``ratio``), as ``ppo_update`` records them.
     ``adv`` is already standardised."""
-    actor, critic = mlp_layers(policy.actor), mlp_layers(policy.critic)
-    assert actor is not None and critic is not None, "loss_and_grad needs supports(policy)"
+    actor, critic = layers
     c = _upstream(len(x), ent_coef, vf_coef, x.device)
 
     v_trace: Trace = []
