@@ -93,7 +93,7 @@ class _Gaussian:
         self.num, self.den = -(self.d ** 2), 2 * self.scale ** 2
         log_scale = self.scale.log()
         self.logprob = (self.num / self.den - log_scale - math.log(math.sqrt(2 * math.pi))).sum(-1)
-        self.entropy = (0.5 + 0.5 * math.log(2 * math.pi) + torch.log(self.scale)).sum(-1)
+        self.entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_scale).sum(-1)  # Normal takes the log twice
 
     def backward(self, g_logprob: torch.Tensor, g_entropy: torch.Tensor) -> torch.Tensor:
         """dL/d(mean) from dL/d log pi_b (n,) and dL/dH_b (n, 1); sets ``log_std.grad``."""
